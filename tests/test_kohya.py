@@ -139,13 +139,13 @@ batch_size = 3
     assert (given.keep_tags, given.flip, given.buckets) == (2, None, False)
     # a flag that says what the file says is no conflict (a resume's saved settings do); another value is
     assert apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o", batch=3)).batch == 3
-    with pytest.raises(ConfigError, match=rf"--batch 5 and {re.escape(str(dataset))}'s batch_size = 3 "
+    with pytest.raises(ConfigError, match=rf"batch=5 and {re.escape(str(dataset))}'s batch_size = 3 "
                                           r"\(\[general\]\) both give the batch: leave one out"):
         apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o", batch=5))
     # a subset left to the command line takes textinv's setting: here --flip (on) beside a subset's false
     text = dataset.read_text().replace('num_repeats = 2\n', 'num_repeats = 2\n  flip_aug = false\n')
     with pytest.raises(ConfigError, match=r"\[\[datasets\]\] 1, \[\[datasets.subsets\]\] 1 gives no flip_aug, so it "
-                                          r"takes textinv's --flip \(on\), where \[\[datasets\]\] 1, "
+                                          r"takes textinv's flip= \(on\), where \[\[datasets\]\] 1, "
                                           r"\[\[datasets.subsets\]\] 2 gives false; .* give flip_aug in \[general\]"):
         apply_dataset_config(TrainConfig(dataset_config=str(toml(dataset, text)), token="<t>", out="o"))
     # and two subsets that differ are refused
@@ -271,19 +271,19 @@ def test_the_token_warmup_trains_as_the_flags_do_grows_the_tags_and_resumes_exac
 
 
 @pytest.mark.parametrize("given, said", [
-    (dict(tag_separator=""), r"--tag-separator must be the text between a caption's tags, such as ',' or ';', "
+    (dict(tag_separator=""), r"tag_separator= must be the text between a caption's tags, such as ',' or ';', "
                              r"got ''"),
-    (dict(tag_joiner=" "), r"--tag-joiner must be text such as '\|\|\|' \(or '' for none\), got ' '"),
-    (dict(tag_joiner=",,"), r"--tag-separator ',' and --tag-joiner ',,' overlap, so a caption could not say which "
-                            r"is meant; give --tag-joiner other text"),
-    (dict(keep_tags_separator="|||", tag_joiner="||"), r"--keep-tags-separator '\|\|\|' and --tag-joiner '\|\|' "
+    (dict(tag_joiner=" "), r"tag_joiner= must be text such as '\|\|\|' \(or '' for none\), got ' '"),
+    (dict(tag_joiner=",,"), r"tag_separator=',' and tag_joiner=',,' overlap, so a caption could not say which "
+                            r"is meant; give tag_joiner= other text"),
+    (dict(keep_tags_separator="|||", tag_joiner="||"), r"keep_tags_separator='\|\|\|' and tag_joiner='\|\|' "
                                                        r"overlap"),
-    (dict(tag_warmup_steps=10.5), r"--tag-warmup-steps must be a whole number of steps, or a share of --steps "
+    (dict(tag_warmup_steps=10.5), r"tag_warmup_steps= must be a whole number of steps, or a share of steps= "
                                    r"below 1 \(0: no warm-up\), got 10.5"),
-    (dict(tag_warmup_steps=math.inf), r"--tag-warmup-steps must be a whole number of steps, or a share of --steps "
+    (dict(tag_warmup_steps=math.inf), r"tag_warmup_steps= must be a whole number of steps, or a share of steps= "
                                       r"below 1 \(0: no warm-up\), got inf"),
-    (dict(tag_warmup_min=-1), r"--tag-warmup-min must be a whole number >= 0"),
-    (dict(tag_warmup_steps=0.5, caption_wildcards=True), r"--tag-warmup-steps and --caption-wildcards cannot be "
+    (dict(tag_warmup_min=-1), r"tag_warmup_min= must be a whole number >= 0"),
+    (dict(tag_warmup_steps=0.5, caption_wildcards=True), r"tag_warmup_steps= and caption_wildcards= cannot be "
                                                          r"given together"),
 ])
 def test_separators_and_warmups_that_cannot_be_trained_are_refused(given, said, tmp_path):
@@ -297,7 +297,7 @@ def test_datasets_of_different_resolutions_are_refused(tmp_path):
                                         f'\n[[datasets]]\nresolution = [768, 768]\n[[datasets.subsets]]\n'
                                         f'image_dir = "{folder}"\n')
     with pytest.raises(ConfigError, match=r"resolution differs between \[\[datasets\]\] \(\[\[datasets\]\] 1: 512, "
-                                          r"\[\[datasets\]\] 2: 768\); textinv has one --resolution"):
+                                          r"\[\[datasets\]\] 2: 768\); textinv has one resolution="):
         apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
     toml(dataset, dataset.read_text().replace("[768, 768]", "[512, 512]"))  # (one side twice: the same square)
     assert apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o")).resolution == 512
@@ -403,12 +403,12 @@ def test_each_key_textinv_has_no_equivalent_for_is_refused_by_name_with_what_to_
     ('[general]\nnum_repeat = 3\n', r"\[general\]: unknown key 'num_repeat'; did you mean 'num_repeats'\?"),
     ('[general]\nbatch = 3\n', r"unknown key 'batch': that is textinv's name; kohya's file calls it batch_size"),
     ('[general]\nsteps = 3\n', r"unknown key 'steps': that is a textinv setting, not one of kohya's dataset keys; "
-                               r"give it as --steps"),
+                               r"give it as steps="),
     ('steps = 30\n', r"holds textinv settings \(steps\), not kohya's \[general\] and \[\[datasets\]\]: give it to "
                      r"--config"),
     ('[general]\nenable_bucket = true\nresolution = [768, 512]\n',
-     r"resolution = \[768, 512\] with enable_bucket \(or --buckets\): --buckets makes its sizes about one square's "
-     r"area: give --resolution one number with it, e.g. 640"),
+     r"resolution = \[768, 512\] with enable_bucket \(or buckets=\): buckets= makes its sizes about one square's "
+     r"area: give resolution= one number with it, e.g. 640"),
     ('[general]\nresolution = 500\n', r"\[general\]: resolution = 500: resolution must be a multiple of 8 pixels, "
                                       r"got 500; the nearest: 496 or 504"),
     ('[general]\nnum_repeats = "10"\n', r"\[general\]: num_repeats must be a whole number >= 1, got \"10\""),
@@ -496,7 +496,7 @@ def test_a_bad_file_is_refused_naming_the_file_and_the_key(tmp_path, capsys, mon
     monkeypatch.chdir(tmp_path)
     assert apply_dataset_config(TrainConfig(dataset_config=str(bad), token="<t>", out="o")).subsets == [
         {"images": str(folder), "repeats": 2, "caption_extension": None}]
-    with pytest.raises(ConfigError, match=r"--dataset-config .*missing.toml does not exist"):
+    with pytest.raises(ConfigError, match=r"dataset_config=.*missing.toml' does not exist"):
         apply_dataset_config(TrainConfig(dataset_config=str(tmp_path / "missing.toml"), token="<t>", out="o"))
     with pytest.raises(ConfigError, match=r"holds no \[\[datasets\]\]"):
         apply_dataset_config(TrainConfig(dataset_config=str(toml(bad, "[general]\nnum_repeats = 2\n")), token="<t>",
@@ -536,7 +536,7 @@ def test_the_pictures_are_named_once_and_a_config_file_reads_the_dataset_config_
     assert settings["dataset_config"] == str(tmp_path / "cfg" / "d.toml")
     config = build(TrainConfig, settings, {"out": str(tmp_path / "o")}).validate()
     assert config.subset_list() == [{"images": str(folder), "repeats": 1, "caption_extension": None}]
-    with pytest.raises(ConfigError, match=r"--images and --dataset-config .*d.toml both name the pictures"):
+    with pytest.raises(ConfigError, match=r"images= and dataset_config=.*d.toml' both name the pictures"):
         build(TrainConfig, settings, {"images": str(folder), "out": "o"}).validate()
     # subsets, as config.yaml records them, are a config file's setting too (relative folders from its folder)
     cfg.write_text("subsets:\n- {images: ../a, repeats: 4}\ntoken: <t>\n")
@@ -889,12 +889,12 @@ def test_a_setting_one_dataset_leaves_out_a_resume_at_other_settings_and_a_secon
     dataset = toml(tmp_path / "d.toml", f'[[datasets]]\nresolution = 768\n[[datasets.subsets]]\nimage_dir = "{a}"\n'
                                         f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{b}"\n')
     with pytest.raises(ConfigError, match=r"d.toml: \[\[datasets\]\] 2 gives no resolution, so it takes textinv's "
-                                          r"--resolution \(None\), where \[\[datasets\]\] 1 gives 768; textinv has "
-                                          r"one --resolution for all its pictures: give resolution in \[general\]$"):
+                                          r"resolution= \(None\), where \[\[datasets\]\] 1 gives 768; textinv has "
+                                          r"one resolution= for all its pictures: give resolution in \[general\]$"):
         apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o"))
     toml(dataset, f'[general]\nbatch_size = 2\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{a}"\n')
-    with pytest.raises(ConfigError, match=rf"^cannot resume o with --dataset-config {re.escape(str(dataset))}: its "
-                                          r"batch_size = 2 \(\[general\]\) is not the run's --batch 8; resume "
+    with pytest.raises(ConfigError, match=rf"^cannot resume o with dataset_config='{re.escape(str(dataset))}': its "
+                                          r"batch_size = 2 \(\[general\]\) is not the run's batch=8; resume "
                                           r"without --dataset-config \(the run's config.yaml records what the file "
                                           r"gave when the run started\), or start a new run$"):
         apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out="o", resume=True, batch=8))
