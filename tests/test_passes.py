@@ -283,21 +283,21 @@ def test_an_odd_init_picture_just_works_upright_at_its_proportions(sd1_dir, tmp_
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"hires_scale": 1.0}, r"--hires-scale must be a number above 1"),
-    ({"hires_scale": 2, "hires_width": 64}, r"--hires-scale or --hires-width/--hires-height, not both"),
-    ({"hires_width": 60}, r"--hires-width must be a multiple of 8"),
-    ({"hires_steps": 3}, r"--hires-steps sets the hires fix, which --hires-scale .* turns on"),
-    ({"hires_upscaler": "lanczos", "hires_sampler": "euler"}, r"--hires-upscaler and --hires-sampler set the hires"),
+    ({"hires_scale": 1.0}, r"hires_scale= must be a number above 1"),
+    ({"hires_scale": 2, "hires_width": 64}, r"hires_scale= or hires_width=/hires_height=, not both"),
+    ({"hires_width": 60}, r"hires_width= must be a multiple of 8"),
+    ({"hires_steps": 3}, r"hires_steps= sets the hires fix, which hires_scale= .* turns on"),
+    ({"hires_upscaler": "lanczos", "hires_sampler": "euler"}, r"hires_upscaler= and hires_sampler= set the hires"),
     ({"hires_prompt": "a cat", "hires_negative_prompt": "blurry"},
-     r"--hires-prompt and --hires-negative-prompt set the hires fix, which --hires-scale .* turns on"),
+     r"hires_prompt= and hires_negative_prompt= set the hires fix, which hires_scale= .* turns on"),
     ({"hires_upscaler": "R-ESRGAN 4x+", "hires_scale": 2},
      r"hires_upscaler='R-ESRGAN 4x\+' is the web UI's upscaling network, .* textinv does not run: give lanczos"),
     ({"hires_upscaler": "lanczoss", "hires_scale": 2}, r"hires_upscaler='lanczoss' is not one of: latent"),
-    ({"denoise": 0.5}, r"--denoise says how much of a picture is redrawn: give the picture \(--init-image\)"),
-    ({"denoise": 0, "hires_scale": 2}, r"--denoise must be above 0 and at most 1"),
-    ({"denoise": 1.5, "hires_scale": 2}, r"--denoise must be above 0 and at most 1"),
-    ({"init_image": "nowhere.png"}, r"--init-image nowhere.png does not exist"),
-    ({"init_image": __file__, "hires_scale": 2}, r"--init-image and the hires fix do not go together"),
+    ({"denoise": 0.5}, r"denoise= says how much of a picture is redrawn: give the picture \(init_image=\)"),
+    ({"denoise": 0, "hires_scale": 2}, r"denoise= must be above 0 and at most 1"),
+    ({"denoise": 1.5, "hires_scale": 2}, r"denoise= must be above 0 and at most 1"),
+    ({"init_image": "nowhere.png"}, r"init_image='nowhere.png' does not exist"),
+    ({"init_image": __file__, "hires_scale": 2}, r"init_image= and the hires fix do not go together"),
 ])
 def test_passes_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -396,9 +396,9 @@ def test_tiling_draws_a_picture_that_wraps_around(sd1_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"variation_strength": 1.5}, r"--variation-strength must be from 0 to 1"),
-    ({"variation_seed": 3}, r"--variation-seed needs --variation-strength"),
-    ({"variation_seed": -5, "variation_strength": 0.2}, r"--variation-seed must be -1 \(a random one\) or between"),
+    ({"variation_strength": 1.5}, r"variation_strength= must be from 0 to 1"),
+    ({"variation_seed": 3}, r"variation_seed= needs variation_strength="),
+    ({"variation_seed": -5, "variation_strength": 0.2}, r"variation_seed= must be -1 \(a random one\) or between"),
 ])
 def test_a_variation_that_cannot_be_drawn_is_refused_naming_the_flag(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -615,11 +615,11 @@ def test_a_hires_pass_that_cannot_be_drawn_is_refused_before_the_first_pass_draw
     """The second pass's sampler and schedule are checked before any UNet call, naming the hires flags."""
     model = load_model("shapes")  # (a zero-terminal-SNR schedule, which heun cannot sample)
     calls = _unet_calls(model)
-    with pytest.raises(ConfigError, match=r"--hires-sampler heun cannot sample a model with a zero-terminal-SNR"):
+    with pytest.raises(ConfigError, match=r"hires_sampler='heun' cannot sample a model with a zero-terminal-SNR"):
         render(model, ["a red circle"], [0], steps=2, hires=Hires(scale=2, sampler="heun"))
-    with pytest.raises(ConfigError, match=r"--hires-steps 20 at --denoise 0.01 runs the last of a schedule of 2000 "
+    with pytest.raises(ConfigError, match=r"hires_steps=20 at denoise=0.01 runs the last of a schedule of 2000 "
                                          r"steps, more than the 1000 noise levels shapes was trained with: give fewer "
-                                         r"--hires-steps or a higher --denoise"):
+                                         r"hires_steps= or a higher denoise="):
         render(model, ["a red circle"], [0], steps=2, hires=Hires(scale=2, steps=20, denoise=0.01))
     assert calls == []
 
@@ -637,12 +637,12 @@ def test_render_refuses_each_mistake_in_one_order_before_it_draws(sd1_dir):
 
     model = fresh_model(sd1_dir)
     calls = _unet_calls(model)
-    mistakes = [({"width": 20}, r"--width must be a multiple of 8 pixels, got 20"),
-                ({"guidance": float("inf")}, r"--guidance must be a finite number, got inf"),
-                ({"steps": 5000}, r"--steps 5000 is more than the 1000 noise levels"),
-                ({"clip_skip": 99}, r"--clip-skip 99 is more than the"),
+    mistakes = [({"width": 20}, r"width= must be a multiple of 8 pixels, got 20"),
+                ({"guidance": float("inf")}, r"guidance= must be a finite number, got inf"),
+                ({"steps": 5000}, r"steps=5000 is more than the 1000 noise levels"),
+                ({"clip_skip": 99}, r"clip_skip=99 is more than the"),
                 ({"start": [Image.new("RGB", (16, 16))]}, r"render takes `start` \(img2img\) or `hires`"),
-                ({"hires": Hires(scale=2, guidance=0.5)}, r"--hires-guidance must be a finite number of at least 1"),
+                ({"hires": Hires(scale=2, guidance=0.5)}, r"hires_guidance= must be a finite number of at least 1"),
                 ({"inpaint": Inpaint(Image.new("L", (16, 16)))}, r"render's `inpaint` masks the pictures in `start`")]
     for i, (_, message) in enumerate(mistakes):
         given = {key: value for settings, _ in mistakes[i:] for key, value in settings.items()}
@@ -997,14 +997,14 @@ def test_eta_sets_ddims_and_the_ancestral_samplers_noise_and_its_default_draws_a
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"eta": 1.5, "sampler": "euler_a"}, r"--eta must be from 0 to 1"),
-    ({"eta": 0.5}, r"--eta 0.5: --sampler default takes no eta; give one that does: euler_a, .*dpm\+\+3m_sde, "
+    ({"eta": 1.5, "sampler": "euler_a"}, r"eta= must be from 0 to 1"),
+    ({"eta": 0.5}, r"eta=0.5: sampler='default' takes no eta; give one that does: euler_a, .*dpm\+\+3m_sde, "
                    r"dpm\+\+3m_sde_comfy, dpm\+\+sde, .* or ddim \(its Eta DDIM, default 0\), with a schedule or "
                    r"without$"),
-    ({"eta": 0.5, "sampler": "dpm++2m_karras"}, r"--sampler dpm\+\+2m_karras takes no eta"),
-    ({"eta": 0.5, "sampler": "tcd"}, r"--sampler tcd takes no eta; .* tcd at its gamma 0.3 only \(TCD's eta\)"),
-    ({"eta": 0.5, "sampler": "lcm"}, r"--sampler lcm takes no eta"),
-    ({"ensd": -1}, r"--ensd must be 0 or more"),
+    ({"eta": 0.5, "sampler": "dpm++2m_karras"}, r"sampler='dpm\+\+2m_karras' takes no eta"),
+    ({"eta": 0.5, "sampler": "tcd"}, r"sampler='tcd' takes no eta; .* tcd at its gamma 0.3 only \(TCD's eta\)"),
+    ({"eta": 0.5, "sampler": "lcm"}, r"sampler='lcm' takes no eta"),
+    ({"ensd": -1}, r"ensd= must be 0 or more"),
 ])
 def test_an_eta_or_ensd_that_cannot_be_drawn_is_refused_naming_the_flag(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -1139,18 +1139,18 @@ def test_sigma_churn_draws_euler_heun_and_dpm2_with_fresh_noise_and_at_0_as_befo
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"sigma_churn": -1, "sampler": "euler"}, r"--sigma-churn must be a number from 0, got -1"),
-    ({"sigma_noise": float("nan"), "sampler": "euler"}, r"--sigma-noise must be a number from 0"),
-    ({"sigma_tmax": 0.0, "sampler": "euler"}, r"--sigma-tmax 0 must be above 0 .* leave it out for no upper limit"),
-    ({"sigma_tmin": 2.0, "sigma_tmax": 1.0, "sampler": "heun"}, r"--sigma-tmax 1 must be above 0 and not below "
-                                                                r"--sigma-tmin 2"),
-    ({"sigma_churn": 0.5}, r"--sigma-churn 0.5: --sampler default takes no sigma churn settings"),
-    ({"sigma_noise": 0.5, "sampler": "dpm++2m"}, r"--sigma-noise 0.5: --sampler dpm\+\+2m takes no sigma noise; "),
-    ({"sigma_noise": 0.5, "sampler": "euler_a"}, r"--sigma-noise 0.5: --sampler euler_a takes no sigma noise; give one "
+    ({"sigma_churn": -1, "sampler": "euler"}, r"sigma_churn= must be a number from 0, got -1"),
+    ({"sigma_noise": float("nan"), "sampler": "euler"}, r"sigma_noise= must be a number from 0"),
+    ({"sigma_tmax": 0.0, "sampler": "euler"}, r"sigma_tmax=0.0 must be above 0 .* leave it out for no upper limit"),
+    ({"sigma_tmin": 2.0, "sigma_tmax": 1.0, "sampler": "heun"}, r"sigma_tmax=1.0 must be above 0 and not below "
+                                                                r"sigma_tmin=2.0"),
+    ({"sigma_churn": 0.5}, r"sigma_churn=0.5: sampler='default' takes no sigma churn settings"),
+    ({"sigma_noise": 0.5, "sampler": "dpm++2m"}, r"sigma_noise=0.5: sampler='dpm\+\+2m' takes no sigma noise; "),
+    ({"sigma_noise": 0.5, "sampler": "euler_a"}, r"sigma_noise=0.5: sampler='euler_a' takes no sigma noise; give one "
                                                  r"that does: euler, heun, dpm2 \(the churn's noise\), dpm2_a, "
                                                  r"dpm\+\+2s_a, dpm\+\+2m_sde, dpm\+\+2m_sde_heun, dpm\+\+3m_sde, "
                                                  r"dpm\+\+3m_sde_comfy, dpm\+\+sde \(their fresh noise\)"),
-    ({"sigma_churn": 0.5, "sigma_noise": 0.5, "sampler": "dpm2_a"}, r"--sigma-churn 0.5: --sampler dpm2_a takes no "
+    ({"sigma_churn": 0.5, "sigma_noise": 0.5, "sampler": "dpm2_a"}, r"sigma_churn=0.5: sampler='dpm2_a' takes no "
                                                                     r"sigma churn settings"),
 ])
 def test_sigma_churn_settings_that_cannot_be_drawn_are_refused_naming_the_flag(settings, message):
