@@ -159,7 +159,7 @@ def test_a_refiner_of_another_family_is_refused_before_anything_loads(xl_dirs, s
 
     monkeypatch.setattr(generating, "load_model", no_loading)
     for model, refiner in ((sd1_dir, xl_dirs[1]), (xl_dirs[0], sd1_dir)):
-        with pytest.raises(ConfigError, match=r"--refiner .* must be of the same kind"):
+        with pytest.raises(ConfigError, match=r"refiner=.* must be of the same kind"):
             generate(GenerateConfig(prompt=PROMPT, model=str(model), refiner=str(refiner), out=str(tmp_path)),
                      progress=False)
 
@@ -175,7 +175,7 @@ def test_an_inpainting_refiner_is_refused_before_anything_loads(sd1_dir, tmp_pat
                             {"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)})
     monkeypatch.setattr(generating, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     for refiner in (folder, file):
-        with pytest.raises(ConfigError, match=f"--refiner {refiner} is an inpainting model .* give a text-to-image"):
+        with pytest.raises(ConfigError, match=f"refiner='{refiner}' is an inpainting model .* give a text-to-image"):
             generate(GenerateConfig(prompt=PROMPT, model=str(sd1_dir), refiner=str(refiner),
                                     out=str(tmp_path / "out")), progress=False)
 
@@ -278,7 +278,7 @@ def test_an_sd1_model_takes_an_sd1_refiner_and_refuses_one_that_predicts_otherwi
             hook.remove()
     assert (len(base_calls), len(refiner_calls)) == (5, 5)
     assert not np.array_equal(np.asarray(refined[0]), np.asarray(render(model, PROMPT, [0], steps=10)[0]))
-    with pytest.raises(ConfigError, match="predicts v_prediction, --model .* epsilon"):
+    with pytest.raises(ConfigError, match="predicts v_prediction, model=.* epsilon"):
         render(model, PROMPT, [0], steps=10, refiner=Refiner(load_model(sd2_dir, refiner=True), 0.5))
 
 
@@ -396,7 +396,7 @@ def test_the_model_itself_as_refiner_is_refused_before_anything_loads(xl_dirs, t
 
     monkeypatch.setattr(generating, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     monkeypatch.chdir(xl_dirs[0].parent)
-    with pytest.raises(ConfigError, match=r"--refiner \./base/ is --model .*; leave --refiner out"):
+    with pytest.raises(ConfigError, match=r"refiner='\./base/' is model=.*; leave refiner= out"):
         generate(GenerateConfig(prompt=PROMPT, model=str(xl_dirs[0]), refiner="./base/", out=str(tmp_path)),
                  progress=False)
 
@@ -446,7 +446,7 @@ def test_a_text_to_image_pass_that_starts_past_the_switch_is_refused_before_anyt
     calls = []
     hook = model.unet.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        with pytest.raises(ConfigError, match="--refiner-switch-at 0.05 falls at the first step of the text-to-image"):
+        with pytest.raises(ConfigError, match="refiner_switch_at=0.05 falls at the first step of the text-to-image"):
             render(model, PROMPT, [0], steps=10, sampler="euler", refiner=Refiner(refiner, 0.05))
     finally:
         hook.remove()

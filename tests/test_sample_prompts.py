@@ -159,7 +159,7 @@ def test_an_option_kohyas_sd_sampling_leaves_unused_is_warned_about_and_left_out
 def test_a_file_that_is_not_there_is_refused_not_drawn_as_a_prompt(tmp_path):
     """An entry ending in .txt, .toml or .json names a file; a missing one is an error naming it (a resume is told
     the run recorded what it read), not a prompt without a token."""
-    for entries, said in (([str(tmp_path / "gone.txt")], f"--sample-prompts {tmp_path / 'gone.txt'} does not exist"),
+    for entries, said in (([str(tmp_path / "gone.txt")], f"sample_prompts='{tmp_path / 'gone.txt'}' does not exist"),
                           ([str(tmp_path)], "has no '{}'"),  # (no suffix: a prompt, refused as one)
                           ([str(tmp_path / "p.txt"), "a {}"], "not both"),
                           ([str(tmp_path / "empty.txt")], "holds no prompt")):
@@ -168,7 +168,7 @@ def test_a_file_that_is_not_there_is_refused_not_drawn_as_a_prompt(tmp_path):
         with pytest.raises(ConfigError, match=said):
             TrainConfig(images="x", token="<zq>", out="o", sample_prompts=entries).validate()
     with pytest.raises(ConfigError, match="the resumed run recorded the prompts it read in its config.yaml: leave "
-                                          "out --sample-prompts"):
+                                          "out sample_prompts="):
         TrainConfig(images="x", token="<zq>", out="o", sample_prompts=["gone.json"], resume=True).validate()
 
 

@@ -486,7 +486,7 @@ def test_compare_scores_each_step_beside_the_embedding_at_the_same_seeds(sd1_dir
     folder = score(settings(run, clip_dir, tmp_path / "o2", n=1, steps=1, init="none",
                             compare=[str(run / "embeddings")]), judge=judge, progress=False)  # the folder: its files
     assert [m["label"] for m in folder.report["methods"]] == [m["label"] for m in methods]
-    with pytest.raises(ConfigError, match="--compare .* does not exist"):
+    with pytest.raises(ConfigError, match="compare=.* does not exist"):
         score(settings(run, clip_dir, tmp_path / "o", compare=[str(tmp_path / "none.pt")]), judge=judge)
 
 
@@ -763,8 +763,8 @@ def test_an_embedding_names_a_local_model_by_name_alone_and_a_lone_file_asks_whe
     lone = _lone_copy(run_dir, tmp_path)
     assert load_embedding(lone).metadata["base_model"] == Path(sd1_dir).name
     images = run_dir.parent / "images"
-    with pytest.raises(ConfigError, match=rf"--model is required: .*names '{Path(sd1_dir).name}', a local model's "
-                                          rf"name.*pass --model"):
+    with pytest.raises(ConfigError, match=rf"model= is required: .*names '{Path(sd1_dir).name}', a local model's "
+                                          rf"name.*pass model="):
         score(ScoreConfig(embedding=str(lone), images=str(images), clip=str(clip_dir), out=str(tmp_path / "o")),
               judge=judge)
     assert run_settings(run_dir, "<zq>")["model"] == str(sd1_dir)
@@ -780,8 +780,8 @@ def test_a_lone_file_whose_recorded_model_path_is_gone_is_said_to_be_a_path_not_
     gone = str(tmp_path / "home" / "alice" / "sd15")
     lone = tmp_path / "zq.safetensors"
     save_embedding(LearnedEmbedding(emb.token, emb.vectors, {**emb.metadata, "base_model": gone}), lone)
-    with pytest.raises(ConfigError, match=rf"--model is required: .*names {gone!r}, a path not on this machine"
-                                          rf".*pass --model"):
+    with pytest.raises(ConfigError, match=rf"model= is required: .*names {gone!r}, a path not on this machine"
+                                          rf".*pass model="):
         score(ScoreConfig(embedding=str(lone), images=str(run_dir.parent / "images"), clip=str(clip_dir),
                           out=str(tmp_path / "o")), judge=judge)
 
@@ -846,8 +846,8 @@ def test_an_out_that_cannot_be_made_is_named_as_given(run_dir, clip_dir, tmp_pat
     out = tmp_path / "a file" / "report"
     with pytest.raises(ConfigError) as e:
         score(settings(run_dir, clip_dir, out, n=1), progress=False)
-    assert str(e.value) == (f"--out {out}: cannot create the folder ({tmp_path / 'a file'} is a file, not a folder); "
-                            f"choose another --out")
+    assert str(e.value) == (f"out='{out}': cannot create the folder ({tmp_path / 'a file'} is a file, not a folder); "
+                            f"choose another out=")
 
 
 def test_compare_takes_hub_ids_as_embedding_does(run_dir, clip_dir, judge, hub_cache, tmp_path):

@@ -82,7 +82,7 @@ def test_format_kohya_on_sdxl_names_the_format_kohyas_sdxl_script_writes(xl_dir,
     """kohya's SDXL textual inversion writes clip_l + clip_g, textinv's 'sdxl': a kohya user's --format kohya was
     told only that it "holds one text encoder", which kohya's SDXL files do not."""
     with pytest.raises(ConfigError, match=r"kohya's sdxl_train_textual_inversion.py writes the 'sdxl' one \(clip_l "
-                                          r"\+ clip_g\): --format sdxl"):
+                                          r"\+ clip_g\): format='sdxl'"):
         train(xl_config(images, tmp_path / "a", format="kohya"), model=fresh_model(xl_dir), progress=False)
 
 
@@ -820,7 +820,7 @@ def test_a_resume_without_checkpoints_names_a_diffusers_sdxl_pairs_first_step_fi
     listed = run_folder._step_files  # (the seconds listed first, as a folder may list them)
     monkeypatch.setattr(run_folder, "_step_files", lambda *a: sorted(listed(*a), key=lambda f: f[0].name)[::-1])
     first = out / "embeddings" / "learned_embeds-steps-4.safetensors"
-    with pytest.raises(ConfigError, match=f"--init-embedding {re.escape(str(first))} .in place of --init."):
+    with pytest.raises(ConfigError, match=f"init_embedding='{re.escape(str(first))}' .in place of init=."):
         train(xl_config(images, out, format="diffusers", steps=6, resume=True), model=fresh_model(xl_dir),
               progress=False)
 

@@ -101,10 +101,10 @@ def test_several_concepts_each_get_a_column(sd1_dir, tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(validation_split=1.0), r"--validation-split is the share .* in \[0, 1\)"),
-    (dict(validation_split=0.2, validate_every=0), r"--validate-every 0 with --validation-split 0.2"),
-    (dict(validation_seed=3), r"--validation-seed seeds the validation loss, which is off"),
-    (dict(validate_every=2, validation_draws=0), r"--validation-draws must be a whole number >= 1"),
+    (dict(validation_split=1.0), r"validation_split= is the share .* in \[0, 1\)"),
+    (dict(validation_split=0.2, validate_every=0), r"validate_every=0 with validation_split=0.2"),
+    (dict(validation_seed=3), r"validation_seed= seeds the validation loss, which is off"),
+    (dict(validate_every=2, validation_draws=0), r"validation_draws= must be a whole number >= 1"),
 ])
 def test_bad_validation_settings_are_refused(settings, message, images, tmp_path):
     with pytest.raises(ConfigError, match=message):
@@ -113,7 +113,7 @@ def test_bad_validation_settings_are_refused(settings, message, images, tmp_path
 
 def test_a_split_of_a_single_picture_is_refused_before_the_model_loads(tmp_path):
     folder = write_images(tmp_path / "one", n=1)
-    with pytest.raises(ConfigError, match=r"holds one picture .* leave out --validation-split"):
+    with pytest.raises(ConfigError, match=r"holds one picture .* leave out validation_split="):
         train(train_config(folder, tmp_path / "run", validation_split=0.5, model="no/such-model"), progress=False)
 
 
@@ -146,10 +146,10 @@ def test_validation_pictures_that_are_trained_on_too_are_refused(images, tmp_pat
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda folder: None, r"--validation-images \S+kept: the image folder \S+kept does not exist"),
-    (lambda folder: folder.mkdir(), r"--validation-images \S+kept: no images found"),
+    (lambda folder: None, r"validation_images=\S+kept': the image folder \S+kept does not exist"),
+    (lambda folder: folder.mkdir(), r"validation_images=\S+kept': no images found"),
     (lambda folder: (write_images(folder, n=2, seed=5) / "img0.txt").write_bytes(b"\xff a dog"),
-     r"--validation-images \S+kept: the caption file \S+img0.txt is not UTF-8"),
+     r"validation_images=\S+kept': the caption file \S+img0.txt is not UTF-8"),
 ])
 def test_a_bad_folder_of_validation_pictures_is_named_before_the_model_loads(make, message, images, tmp_path):
     make(tmp_path / "kept")
@@ -165,7 +165,7 @@ def test_a_bad_folder_of_validation_pictures_is_named_before_the_model_loads(mak
 def test_validation_pictures_with_a_split_or_no_scores_are_refused(settings, message, images, tmp_path):
     with pytest.raises(ConfigError, match=message):
         train_config(images, tmp_path / "run", validation_images=str(images), **settings).validate()
-    with pytest.raises(ConfigError, match=r"with several --concepts use --validation-split"):
+    with pytest.raises(ConfigError, match=r"with several concepts= use validation_split="):
         TrainConfig(concepts=[f"{images}=<a>=dog", f"{images}=<b>=cat"], out="o",
                     validation_images=str(images)).validate()
 
@@ -246,7 +246,7 @@ def test_validation_pictures_take_the_subsets_caption_extension(tmp_path):
     dataset.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{train_folder}"\ncaption_extension = ".cap"\n')
     config = apply_dataset_config(TrainConfig(dataset_config=str(dataset), token="<t>", out=str(tmp_path / "run"),
                                               validation_images=str(kept), model="no/such-model"))
-    with pytest.raises(DataError, match=r"--validation-images \S+kept: the caption file \S+img0.cap is not UTF-8"):
+    with pytest.raises(DataError, match=r"validation_images=\S+kept': the caption file \S+img0.cap is not UTF-8"):
         train(config, progress=False)
 
 
@@ -280,7 +280,7 @@ def test_a_dataset_configs_split_is_kohyas_count_and_one_holding_out_none_is_ref
     said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("held out for"))
     assert said.count(", ") + 1 == 4  # (2 of each subset of 3; pooled, round(0.5 x 6) = 3)
     dataset.write_text(dataset.read_text().replace("0.5", "0.1"))
-    with pytest.raises(ConfigError, match=r"--validation-split 0.1 holds out none of the kohya subsets .*'s "
+    with pytest.raises(ConfigError, match=r"validation_split=0.1 holds out none of the kohya subsets .*'s "
                                           r"pictures, counted as kohya counts them \(round\(0.1 x each subset's "
                                           r"pictures, 3, 3\), .*give a share above 0.166667"):
         train(TrainConfig(out=str(tmp_path / "p"), **run), model=fresh_model(sd1_dir))

@@ -77,23 +77,23 @@ def _config(tmp_path, **settings):
     ({"x": "guidance"}, r"write AXIS=VALUES"),
     ({"x": "steps="}, r"no values"),
     ({"y": "sampler=euler,euler_z"}, r"--y 'sampler=euler,euler_z': 'euler_z' is no sampler \(did you mean euler_a"),
-    ({"x": "steps=0,2"}, r"--x steps=0: --steps must be >= 1, got 0"),
-    ({"x": "denoise=0.3,0.6"}, r"--x denoise=0.3: --denoise says how much of a picture is redrawn"),
-    ({"x": "size=16x17"}, r"--x size=16x17: --height must be a multiple of 8"),
+    ({"x": "steps=0,2"}, r"--x steps=0: steps= must be >= 1, got 0"),
+    ({"x": "denoise=0.3,0.6"}, r"--x denoise=0.3: denoise= says how much of a picture is redrawn"),
+    ({"x": "size=16x17"}, r"--x size=16x17: height= must be a multiple of 8"),
     ({"x": "prompt-sr=cat,dog"}, r"the first value 'cat' is in no --prompt or --negative-prompt"),
     ({"x": "steps=1,2", "z": "steps=3"}, r"--x and --z both vary steps"),
-    ({"x": "steps=1,2", "xyz_margin": -2}, r"--xyz-margin must be 0 to 500 pixels .*, got -2"),
-    ({"x": "steps=1,2", "xyz_margin": 100_000}, r"--xyz-margin must be 0 to 500 pixels .*, got 100000"),
-    ({"x": "seed=1-11", "y": "steps=1-10"}, r"make 11 x 10 x 1 = 110 cells, more than --xyz-max-cells 100"),
+    ({"x": "steps=1,2", "xyz_margin": -2}, r"xyz_margin= must be 0 to 500 pixels .*, got -2"),
+    ({"x": "steps=1,2", "xyz_margin": 100_000}, r"xyz_margin= must be 0 to 500 pixels .*, got 100000"),
+    ({"x": "seed=1-11", "y": "steps=1-10"}, r"make 11 x 10 x 1 = 110 cells, more than xyz_max_cells=100"),
     # (each seed the plot draws, offset by --ensd, named: not the command's --seed alone)
-    ({"x": f"seed=1,{2**64 - 5}", "ensd": 31337}, r"^--x seed=18446744073709551611: --ensd 31337: picture seed "
+    ({"x": f"seed=1,{2**64 - 5}", "ensd": 31337}, r"^--x seed=18446744073709551611: ensd=31337: picture seed "
                                                   r"18446744073709551611 \+ ENSD is 18446744073709582948, past 2\^64 - 1"),
-    ({"x": "seed=1,2", "n": 3, "ensd": 2**64 - 4}, r"^--x seed=2: --ensd 18446744073709551612: picture seed 4 \+ "),
+    ({"x": "seed=1,2", "n": 3, "ensd": 2**64 - 4}, r"^--x seed=2: ensd=18446744073709551612: picture seed 4 \+ "),
     # (DPM++ SDE and 3M SDE take --eta and --sigma-noise; the cell of a sampler that does not is named)
-    ({"x": "sampler=dpm++sde,dpm++3m_sde,dpm++2m", "eta": 0.5}, r"^--x sampler=dpm\+\+2m: --eta 0.5: --sampler "
-                                                                r"dpm\+\+2m takes no eta"),
-    ({"x": "sampler=dpm++3m_sde,dpm++sde,euler_a", "sigma_noise": 0.5}, r"^--x sampler=euler_a: --sigma-noise 0.5: "
-                                                                        r"--sampler euler_a takes no sigma noise"),
+    ({"x": "sampler=dpm++sde,dpm++3m_sde,dpm++2m", "eta": 0.5}, r"^--x sampler=dpm\+\+2m: eta=0.5: sampler="
+                                                                r"'dpm\+\+2m' takes no eta"),
+    ({"x": "sampler=dpm++3m_sde,dpm++sde,euler_a", "sigma_noise": 0.5}, r"^--x sampler=euler_a: sigma_noise=0.5: "
+                                                                        r"sampler='euler_a' takes no sigma noise"),
     # (the web UI's axes textinv lacks: said so, with the way to get the same)
     ({"x": "Checkpoint name=a.safetensors,b.safetensors"}, r"^--x 'Checkpoint name=a.safetensors,b.safetensors': the "
                                                            r"web UI's Checkpoint name axis is no axis textinv has: "
@@ -105,8 +105,8 @@ def _config(tmp_path, **settings):
     ({"x": "Schedule type=Automatic,Polyexponential", "sampler": "euler"}, r"'Polyexponential' is no schedule type"),
     ({"x": "hires-upscaler=Latent,R-ESRGAN 4x+", "hires_scale": 1.5}, r"'R-ESRGAN 4x\+' is the web UI's upscaling "),
     ({"x": "discard-penultimate-sigma=maybe"}, r"'maybe' is neither True nor False"),
-    ({"x": "var-seed=1,2"}, r"^--x var-seed=1: --variation-seed needs --variation-strength"),
-    ({"x": "Eta=0.5,1"}, r"^--x eta=0.5: --eta 0.5: --sampler default takes no eta"),
+    ({"x": "var-seed=1,2"}, r"^--x var-seed=1: variation_seed= needs variation_strength="),
+    ({"x": "Eta=0.5,1"}, r"^--x eta=0.5: eta=0.5: sampler='default' takes no eta"),
 ])
 def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, settings, said):
     with pytest.raises(ConfigError, match=said):
@@ -973,8 +973,8 @@ def test_a_restart_cell_that_would_take_fewer_calls_is_refused_before_any_cell_i
     twice (`samplers.check_pass`): its cell is refused once the model has loaded, before the cells before it."""
     config = _config(tmp_path, model=str(sd1_dir), steps=22, discard_penultimate_sigma=True,
                      x="sampler=euler,restart")
-    with pytest.raises(ConfigError, match=r"^--x 'sampler=euler,restart': sampler restart: --steps 22 with "
-                                          r"--discard-penultimate-sigma: Restart's level nearest sigma 0.1"):
+    with pytest.raises(ConfigError, match=r"^--x 'sampler=euler,restart': sampler restart: steps=22 with "
+                                          r"discard_penultimate_sigma=: Restart's level nearest sigma 0.1"):
         generate(config, model=fresh_model(sd1_dir), progress=False)
     assert not list((tmp_path / "r").glob("*.png"))
 
