@@ -86,7 +86,7 @@ def test_a_resume_from_python_takes_the_settings_left_out_from_the_run(left_out,
     assert resumed.steps == 6
     assert torch.equal(resumed.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
     assert resumed.losses == straight.losses
-    with pytest.raises(ConfigError, match=r"at step 6 with --steps 4: the run is past it; give --steps 6 or more"):
+    with pytest.raises(ConfigError, match=r"at step 6 with steps=4: the run is past it; give steps=6 or more"):
         train(run_config(images, tmp_path / "b", resume=True, **{**run, "steps": 4}), model=load_model(sd1_dir),
               progress=False)  # (a steps given is --steps: one below the step reached refused, a larger one goes on)
     assert train(run_config(images, tmp_path / "b", resume=True, **{**run, "steps": 7}), model=load_model(sd1_dir),

@@ -512,7 +512,7 @@ def test_evaluate_learns_with_further_trainer_settings_and_records_them(model_di
     for item, error in (("max_timestep=2000", "do not fit the model's 1000 timesteps"),
                         ("clip_skip=40", "more than the \\d+ layers")):  # refused before the first concept learns
         used.clear()
-        with pytest.raises(ConfigError, match=f"--train-set: --(min|max|clip).*{error}"):
+        with pytest.raises(ConfigError, match=f"--train-set: (min|max|clip).*{error}"):
             evaluate(load_model(model_dir), Probe.load(probe_path), [find_concept("teal-star")], progress=False,
                      **FAST, train_set=[item])
         assert not used

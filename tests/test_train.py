@@ -299,7 +299,7 @@ def test_concepts_whose_tokens_would_share_a_folder_are_refused(images, tmp_path
 @pytest.mark.parametrize("tokens, vectors, message", [
     (["<loss.csv>", "<b>"], 1, "where the run keeps its own loss.csv"),  # was an IsADirectoryError after training
     (["<b>", "<checkpoints>"], 1, "where the run keeps its own checkpoints"),
-    (["<a>", "<a>_1"], 2, "both need the tokenizer entry '<a>_1' .with --vectors 2, '<a>' also takes '<a>_1'"),
+    (["<a>", "<a>_1"], 2, "both need the tokenizer entry '<a>_1' .with vectors=2, '<a>' also takes '<a>_1'"),
     (["<a>", "<A>"], 1, "both need the tokenizer entry '<a>' .the tokenizer lower-cases text"),
 ])
 def test_concept_tokens_that_clash_with_the_run_or_each_other_are_refused_before_loading(tokens, vectors, message,
@@ -806,9 +806,9 @@ def test_a_caption_prefix_or_suffix_naming_a_token_is_refused_in_a_run_of_severa
     concept's captions, so another concept's samples would name <b>: refused before anything loads, naming the
     flag (it was refused after the latents were encoded, blaming a caption file that does not name it)."""
     concepts = [f"{images}=<b>", f"{images}=<c>"]
-    for given, flag in ((dict(caption_prefix="<B>, photo"), "--caption-prefix"),
-                        (dict(caption_suffix="by <c>"), "--caption-suffix")):
-        with pytest.raises(ConfigError, match=f"{flag} .* names the token <[bc]>"):
+    for given, flag in ((dict(caption_prefix="<B>, photo"), "caption_prefix="),
+                        (dict(caption_suffix="by <c>"), "caption_suffix=")):
+        with pytest.raises(ConfigError, match=f"{flag}'.*' names the token <[bc]>"):
             TrainConfig(concepts=concepts, out=str(tmp_path), **given).validate()
     TrainConfig(concepts=concepts, out=str(tmp_path), caption_prefix="<bc> photo").validate()  # (no token: a word)
     TrainConfig(images=str(images), token="<b>", out=str(tmp_path), caption_prefix="<b>").validate()
@@ -1427,11 +1427,11 @@ def test_a_caption_naming_a_token_the_model_has_saved_in_it_trains_on_all_its_ve
 
 
 @pytest.mark.parametrize("given, said", [
-    (dict(caption_dropout=1.5), r"--caption-dropout is a chance in \[0, 1\), got 1.5"),
-    (dict(caption_dropout=-0.1), r"--caption-dropout is a chance in \[0, 1\), got -0.1"),
-    (dict(caption_dropout=1.0), "--caption-dropout at 1 drops every caption, so the vectors would learn nothing"),
-    (dict(caption_dropout_every=-2), r"--caption-dropout-every must be a whole number >= 0 \(0: never\), got -2"),
-    (dict(caption_dropout_every=1), "--caption-dropout-every at 1 drops the captions of every epoch"),
+    (dict(caption_dropout=1.5), r"caption_dropout= is a chance in \[0, 1\), got 1.5"),
+    (dict(caption_dropout=-0.1), r"caption_dropout= is a chance in \[0, 1\), got -0.1"),
+    (dict(caption_dropout=1.0), "caption_dropout= at 1 drops every caption, so the vectors would learn nothing"),
+    (dict(caption_dropout_every=-2), r"caption_dropout_every= must be a whole number >= 0 \(0: never\), got -2"),
+    (dict(caption_dropout_every=1), "caption_dropout_every= at 1 drops the captions of every epoch"),
 ])
 def test_caption_dropout_that_cannot_be_trained_is_refused_by_name(given, said, images, tmp_path):
     with pytest.raises(ConfigError, match=said):
