@@ -176,7 +176,8 @@ def test_a_failing_mode_is_a_row_and_the_next_measurements_still_run(capsys, mon
                         "--modes", "broken", "textinv"]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert sum(line.startswith("broken ") and "ConfigError" in line and "--lr" in line for line in lines) == 2
+    # (the mode's settings are a TrainConfig's, named as Python writes them)
+    assert sum(line.startswith("broken ") and "ConfigError" in line and "lr=" in line for line in lines) == 2
     # the whole traceback goes to the log (stderr), so one lease's failure can be fixed without another lease
     assert err.count("# broken at batch ") == 2 and err.count("Traceback (most recent call last)") == 2
     assert "textinv/config.py" in err

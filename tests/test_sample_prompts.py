@@ -128,7 +128,7 @@ def test_an_option_after_a_tab_or_another_space_is_refused_not_drawn_as_words(tm
 
 @pytest.mark.parametrize("name, text", [("p.txt", ""), ("p.json", ""), ("p.toml", "\n"), ("p.json", "\ufeff ")])
 def test_an_empty_file_is_said_to_hold_no_prompt_whatever_its_form(tmp_path, name, text):
-    with pytest.raises(ConfigError, match=f"{name} holds no prompt"):
+    with pytest.raises(ConfigError, match=f"{name}' holds no prompt"):
         read(tmp_path, text, name)
 
 

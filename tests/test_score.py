@@ -687,7 +687,7 @@ def test_a_compare_folder_of_the_diffusers_script_gives_its_steps_and_skips_othe
     junk = tmp_path / "junk"
     junk.mkdir()
     Image.new("RGB", (8, 8)).save(junk / "preview.png")
-    with pytest.raises(ConfigError, match="junk holds no embedding file"):
+    with pytest.raises(ConfigError, match="junk' holds no embedding file"):
         _compared([str(junk)], embs[4])
     with pytest.raises(Exception, match="preview.png"):  # a file named on its own: its own error
         _compared([str(junk / "preview.png")], embs[4])

@@ -624,7 +624,7 @@ def test_timesteps_are_drawn_only_from_the_given_range(sd1_dir, images, tmp_path
     with pytest.raises(ConfigError, match="do not fit the model's 1000 timesteps"):
         train(config(images, tmp_path / "b", max_timestep=1001), model=fresh_model(sd1_dir), progress=False)
     for bad in (dict(min_timestep=-1), dict(min_timestep=500, max_timestep=500)):
-        with pytest.raises(ConfigError, match="timestep must be a whole number"):
+        with pytest.raises(ConfigError, match="timestep= must be a whole number"):
             config(images, tmp_path / "c", **bad).validate()
 
 
