@@ -818,10 +818,11 @@ def test_a_caption_prefix_or_suffix_naming_a_token_is_refused_in_a_run_of_severa
                                     dict(compile="blocks", channels_last=True)])
 def test_speed_levers_compute_what_the_plain_path_computes(levers, sd1_dir):
     """channels-last and regional torch.compile change how the UNet runs, not what it computes: its output and the
-    gradient it sends back to the text conditioning match the plain UNet's to float rounding."""
+    gradient it sends back to the text conditioning match the plain UNet's to float rounding. (On
+    `two_attention_model`'s UNet: both kinds of compiled block the tiny UNet has, in half its compile time.)"""
     from textinv.speed import _unet_and_input_gradient, speed_up_unet, unet_example
 
-    plain, fast = fresh_model(sd1_dir), fresh_model(sd1_dir)
+    plain, fast = two_attention_model(sd1_dir), two_attention_model(sd1_dir)
     speed_up_unet(fast.unet, **levers)
     if levers.get("channels_last"):
         assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
@@ -891,13 +892,29 @@ def one_attention_model(folder):
     no middle block, and its one cross-attention in the first down block, so the text's whole gradient comes back
     through every up block. Torch 2.13's CPU inductor compiles it wrong too (the gradient to the text 56% off; the
     tiny UNet's 24%), in two thirds of the tiny UNet's CPU time with an empty cache; dynamo traces it faster too."""
+    return small_unet_model(folder, up_block_types=("UpBlock2D", "UpBlock2D"))
+
+
+def two_attention_model(folder):
+    """`one_attention_model(folder)` with a second cross-attention, in the last up block, for the regional compile's
+    checks: its transformer blocks are compiled as the tiny UNet's are, a first one whose input carries no gradient
+    (only the text's comes back through it) and a later one whose input does (the gradient also goes back through
+    its self-attention and feed-forward), without the tiny UNet's third, in its middle block: the later kind again
+    at another width, a graph more to compile in each memory layout that checks nothing new (the regional compile
+    tests took 70 s with an empty compile cache on 2 loaded cores, 36 s without it)."""
+    return small_unet_model(folder, up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+
+
+def small_unet_model(folder, up_block_types):
+    """`fresh_model(folder)` with a UNet of two levels of 32 channels, no middle block, a cross-attention in the
+    first down block and `up_block_types`, the same weights each call."""
     from diffusers import UNet2DConditionModel
 
     model = fresh_model(folder)
     torch.manual_seed(0)
     model.pipeline.unet = UNet2DConditionModel.from_config(
         {**model.unet.config, "block_out_channels": (32, 32), "mid_block_type": None,
-         "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D")},
+         "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"), "up_block_types": up_block_types},
     ).requires_grad_(False)
     return model
 
@@ -907,11 +924,13 @@ def test_compiled_runs_track_the_plain_run(levers, sd1_dir, images, tmp_path):
     """A whole run with the levers on tracks the plain fp32 run (inductor reorders sums: seen 1e-4 relative after
     4 steps at this high learning rate). A whole-UNet compile that computes wrong gradients falls back to the
     plain UNet (it does with torch 2.13 on the CPU), so its run tracks too: on `one_attention_model`'s UNet, whose
-    compile torch gets as wrong in less time than the tiny model's."""
+    compile torch gets as wrong in less time than the tiny model's. The regional compile's run is on
+    `two_attention_model`'s UNet: the blocks compiled by the test of the levers above (its graphs, run as the
+    training steps run them: channels-last, a batch of two 8x8 latents), so after it dynamo compiles nothing here."""
     import warnings
 
     kw = dict(steps=4, log_every=1)
-    model = one_attention_model if levers["compile"] == "unet" else fresh_model
+    model = one_attention_model if levers["compile"] == "unet" else two_attention_model
     plain = train(config(images, tmp_path / "a", **kw), model=model(sd1_dir), progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
