@@ -259,14 +259,15 @@ def test_a_run_moved_to_a_device_where_its_precision_is_another_is_refused_befor
     torch.save({**state, "precision": "bf16", "device": "cuda"}, path)  # (a GPU's bf16 run, resumed on the CPU)
     real_load = train_module.load_model
     monkeypatch.setattr(train_module, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
-    with pytest.raises(ConfigError, match=r"cannot resume .* at fp32 \(--precision auto on cpu\): its checkpoint "
-                                          r"step-000002.pt was trained at bf16 on cuda.*resume with --precision bf16 "
-                                          r"to go on as it was, or with --precision fp32 to go on at fp32 knowingly"):
+    with pytest.raises(ConfigError, match=r"cannot resume .* at fp32 \(precision='auto' on cpu\): its "
+                                          r"checkpoint step-000002.pt was trained at bf16 on cuda.*resume with "
+                                          r"precision='bf16' to go on as it was, or with precision='fp32' to go on at "
+                                          r"fp32 knowingly"):
         train(_run(images, sd1_dir, out, 4, resume=True), progress=False)
     torch.save(state, path)  # (the CPU's fp32 run, resumed on a GPU, where auto is bf16)
     monkeypatch.setattr(train_module, "resolve_precision", _as_on_a_gpu)
-    with pytest.raises(ConfigError, match=r"at bf16 \(--precision auto on cpu\): its checkpoint step-000002.pt was "
-                                          r"trained at fp32 on cpu.*resume with --precision fp32"):
+    with pytest.raises(ConfigError, match=r"at bf16 \(precision='auto' on cpu\): its checkpoint step-000002.pt was "
+                                          r"trained at fp32 on cpu.*resume with precision='fp32'"):
         train(_run(images, sd1_dir, out, 4, resume=True), progress=False)
     monkeypatch.setattr(train_module, "load_model", real_load)
     resumed = train(_run(images, sd1_dir, out, 4, resume=True, precision="fp32"), progress=False)
@@ -285,8 +286,8 @@ def test_a_checkpoint_without_the_precision_record_resumes_comparing_the_setting
         state = torch.load(path, weights_only=True)
         del state["precision"], state["device"]
         torch.save(state, path)
-    with pytest.warns(PrecisionChangedWarning, match=r"at fp32 \(--precision fp32\), as asked: it ran at a precision "
-                                                     r"its checkpoint does not record \(--precision auto\)"):
+    with pytest.warns(PrecisionChangedWarning, match=r"at fp32 \(precision='fp32'\), as asked: it ran at a "
+                                                     r"precision its checkpoint does not record \(precision='auto'\)"):
         assert train(_run(images, sd1_dir, tmp_path / "c", 4, resume=True, precision="fp32"),
                      progress=False).steps == 4
     monkeypatch.setattr(train_module, "resolve_precision", _as_on_a_gpu)  # (auto is bf16 now: not recorded then)
@@ -304,8 +305,8 @@ def test_another_precision_asked_for_on_resume_goes_on_warned(sd1_dir, images, t
     [path] = out.glob("checkpoints/*.pt")
     state = torch.load(path, weights_only=True)
     torch.save({**state, "precision": "bf16", "device": "cuda"}, path)
-    with pytest.warns(PrecisionChangedWarning, match=r"resuming .* at fp32 \(--precision fp32\), as asked: it ran at "
-                                                     r"bf16 on cuda \(--precision auto\)"):
+    with pytest.warns(PrecisionChangedWarning, match=r"resuming .* at fp32 \(precision='fp32'\), as asked: it ran "
+                                                     r"at bf16 on cuda \(precision='auto'\)"):
         resumed = train(_run(images, sd1_dir, out, 4, resume=True, precision="fp32"), progress=False)
     assert resumed.steps == 4
 
@@ -318,7 +319,7 @@ def test_a_resume_compares_the_precision_of_a_model_passed_in(sd1_dir, images, t
     train(_run(images, sd1_dir, tmp_path / "b", 2), model=bf16, progress=False)
     state = torch.load(tmp_path / "b" / "checkpoints" / "step-000002.pt", weights_only=True)
     assert state["precision"] == "bf16"
-    with pytest.raises(ConfigError, match=r"cannot resume .* at fp32 \(--precision auto on cpu\): its checkpoint "
+    with pytest.raises(ConfigError, match=r"cannot resume .* at fp32 \(precision='auto' on cpu\): its checkpoint "
                                           r"step-000002.pt was trained at bf16 on cpu"):
         train(_run(images, sd1_dir, tmp_path / "b", 4, resume=True), progress=False)
     assert train(_run(images, sd1_dir, tmp_path / "b", 4, resume=True), model=bf16, progress=False).steps == 4

@@ -242,8 +242,8 @@ def test_a_resume_after_a_picture_was_added_names_the_runs_file_to_start_from(sd
     with pytest.raises(ConfigError) as e:
         train(config(images, out, steps=4, resume=True), model=fresh_model(sd1_dir), progress=False)
     assert str(e.value).endswith(f"(new: img9.png); put the folder back as it was, or start a new run with "
-                                 f"--overwrite, or keep what it learned: start a new run from its vectors with "
-                                 f"--init-embedding {out / 'learned_embeds.safetensors'} --out NEW_DIR"), e.value
+                                 f"overwrite=True, or keep what it learned: start a new run from its vectors with "
+                                 f"init_embedding='{out / 'learned_embeds.safetensors'}', out='NEW_DIR'"), e.value
     kept = train(config(images, tmp_path / "new", steps=2, init=None,
                         init_embedding=str(out / "learned_embeds.safetensors")), model=fresh_model(sd1_dir),
                  progress=False)

@@ -27,7 +27,7 @@ from . import __version__
 from .config import (ALTERNATIVES, COMMAND_ONLY, DEFAULT_LR, SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build,
                      clip_steps, read_config_file)
 from .data import _OS_LITTER, PictureSet
-from .errors import ConfigError, FormatError, TextinvWarning, setting, warn
+from .errors import ON_COMMAND_LINE, ConfigError, FormatError, TextinvWarning, setting, warn
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, first_file, load_embedding,
                       second_file, step_filename)
 from .hub import hub_reference
@@ -166,7 +166,7 @@ def _started_again(out: Path, config: TrainConfig, saved: dict | None, is_main: 
                           f"with {setting('overwrite', True)}{_from_saved_vectors(out)}, or give another "
                           f"{setting('out')}")
     if learned is not None and is_main:  # (a kill between a save's embedding file and its checkpoint, the first)
-        warn(f"--resume-or-start: {out} holds the run's vectors of step {step if step is not None else '?'} "
+        warn(f"{setting('resume_or_start')}: {out} holds the run's vectors of step {step if step is not None else '?'} "
              f"({learned}) but no checkpoint to go on from them (a kill as the run saved, or checkpoints deleted): "
              f"the run starts again from its first step", stacklevel=3)
     return _absolute_paths(config), saved if is_main else None
@@ -285,9 +285,9 @@ def no_record(out: str | os.PathLike) -> str:
     (deleted by hand), one without holds no run."""
     if checkpoints(Path(out)):
         return (f"cannot resume: {out} holds the run's checkpoints but not its {CONFIG_FILE}, the settings a resume "
-                f"goes on with: put back a copy of it, or start the run again with --overwrite")
-    return (f"cannot resume: {out} holds no {CONFIG_FILE}, so no run was started there; check --out, or start a new "
-            f"run without --resume")
+                f"goes on with: put back a copy of it, or start the run again with {setting('overwrite', True)}")
+    return (f"cannot resume: {out} holds no {CONFIG_FILE}, so no run was started there; check {setting('out')}, or "
+            f"start a new run without {setting('resume', True)}")
 
 
 def read_run_settings(out: str | os.PathLike) -> dict:
@@ -304,12 +304,13 @@ def read_run_settings(out: str | os.PathLike) -> dict:
     # it ends with `SETTINGS_END` and that lacks that line (one an older textinv wrote says nothing of it)
     if settings is None:
         raise ConfigError(f"cannot resume {out}: its settings file {saved} cannot be read (damaged from outside: "
-                          f"textinv writes it whole); put back a copy of it, or start the run again with --overwrite")
+                          f"textinv writes it whole); put back a copy of it, or start the run again with "
+                          f"{setting('overwrite', True)}")
     if SETTINGS_END_NOTE in lines and SETTINGS_END not in lines:
         raise ConfigError(f"cannot resume {out}: its settings file {saved} is cut short (its last line, "
                           f"{SETTINGS_END!r}, is missing: a copy cut short, or an edit that took it out), so the "
                           f"settings after the cut would be lost; put back a copy of it (or that line, if the "
-                          f"settings are whole), or start the run again with --overwrite")
+                          f"settings are whole), or start the run again with {setting('overwrite', True)}")
     if settings.get("lr_steps") is not None and settings.get("lr") == DEFAULT_LR:  # (an older textinv wrote its
         settings["lr"] = None  # default beside a stepped rate, where --lr was left out: this one writes None)
     return settings
@@ -825,14 +826,22 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
             if config.subsets:  # ("2/a.png": the second subset's a.png, said where that folder is now)
                 folders = [subset["images"] for subset in config.subset_list()]
                 said = lambda n: _in_subset(n, folders)  # noqa: E731
-            detail = name_changes(names, now, said) or "other pictures held out by --validation-split"
+            detail = name_changes(names, now, said) or f"other pictures held out by {setting('validation_split')}"
         folder = "the subsets' folders back as they were" if config.subsets else "the folder back as it was"
         learned = saved_vectors_file(out)  # (what the run learned so far need not be lost with it)
-        keep = (f", or keep what it learned: start a new run from its vectors with --init-embedding "
-                f"{shlex.quote(str(learned))} --out NEW_DIR" if learned is not None else "")
+        keep = (f", or keep what it learned: start a new run from its vectors with {_new_run_from(learned)}"
+                if learned is not None else "")
         raise ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
-                          f"({detail}); put {folder}, or start a new run with --overwrite{keep}")
+                          f"({detail}); put {folder}, or start a new run with {setting('overwrite', True)}{keep}")
     return ordered, moved
+
+
+def _new_run_from(learned: Path) -> str:
+    """The settings of a new run that starts from the vectors in `learned`, in a folder of its own, as its user
+    writes them: flags to paste into a shell (the path quoted for it), keywords from Python."""
+    if ON_COMMAND_LINE.get():
+        return f"{setting('init_embedding', shlex.quote(str(learned)))} {setting('out', 'NEW_DIR')}"
+    return f"{setting('init_embedding', learned)}, {setting('out', 'NEW_DIR')}"
 
 
 class PrecisionChangedWarning(TextinvWarning):
@@ -856,13 +865,14 @@ def check_same_precision(checkpoint: tuple[Path, dict], config: TrainConfig, dty
         return
     if was != config.precision:
         ran = f"at {then} on {state.get('device')}" if then else "at a precision its checkpoint does not record"
-        warn(f"resuming {out} at {now} (--precision {config.precision}), as asked: it ran {ran} "
-             f"(--precision {was}), so it goes on in other arithmetic and will not end exactly where it "
+        warn(f"resuming {out} at {now} ({setting('precision', config.precision)}), as asked: it ran {ran} "
+             f"({setting('precision', was)}), so it goes on in other arithmetic and will not end exactly where it "
              "would have", PrecisionChangedWarning, stacklevel=3)
         return
-    given = "the model passed to train()" if passed else f"--precision {config.precision} on {device.type}"
-    fix = (f"pass the model loaded at {DTYPES[then]} (load_model's dtype) to go on as it was, or give --precision "
-           f"{now}" if passed else f"resume with --precision {then} to go on as it was, or with --precision {now}")
+    given = "the model passed to train()" if passed else f"{setting('precision', config.precision)} on {device.type}"
+    fix = (f"pass the model loaded at {DTYPES[then]} (load_model's dtype) to go on as it was, or give "
+           f"{setting('precision', now)}" if passed else
+           f"resume with {setting('precision', then)} to go on as it was, or with {setting('precision', now)}")
     raise ConfigError(f"cannot resume {out} at {now} ({given}): its checkpoint {path.name} was trained at {then} on "
                       f"{state.get('device')}, and steps at another precision round otherwise, so the run would not "
                       f"end where it would have; {fix} to go on at {now} knowingly")
@@ -893,13 +903,14 @@ def check_same_model(checkpoint: tuple[Path, dict], moved: dict[str, str], finge
         variant = moved.get("variant")
         if variant:  # (fp16 files cast to bf16 round twice: not the plain weights' bf16, even of one model)
             was = read_run_settings(out).get("variant")
+            as_started = (setting("variant", was) if was or not ON_COMMAND_LINE.get() else f"no {setting('variant')}"
+                          ) + ("" if was else " (the plain weights)")  # (from Python: variant=None)
             raise ConfigError(f"cannot resume {out} with {given}: the weights' variant differs from the run's, and "
                               f"weights read from another variant are not the ones it was trained with; resume with "
-                              f"{'--variant ' + was if was else 'no --variant (the plain weights)'}, as the run "
-                              "started, or start a new run with --overwrite")
+                              f"{as_started}, as the run started, or start a new run with {setting('overwrite', True)}")
         raise ConfigError(f"cannot resume {out} with {given}: that is not the model the run was trained "
                           "with (its weights differ); give the run's own model where it is now, or start a new run "
-                          "with --overwrite")
+                          f"with {setting('overwrite', True)}")
     warn(f"resuming {out}: the model {config.model} has changed since the run started (its weights are not "
          "the ones its checkpoint recorded); the run goes on with the model as it is now, so its embedding "
          "is learned partly against each", ModelChangedWarning, stacklevel=3)
