@@ -225,7 +225,8 @@ def test_a_token_the_diffusers_script_saved_in_the_model_is_refused_as_such_with
     said = str(caught.value)
     assert "is a learned token the model holds already (as the diffusers script's --save_as_full_pipeline saves " \
            "one in it)" in said
-    assert "--init-embedding" in said and "existing word" not in said
+    assert "as model= and its embedding file (learned_embeds.safetensors) as init_embedding=" in said  # (Python's)
+    assert "existing word" not in said
     with pytest.raises(TokenError, match=r"e\.g\. '<cat-toy_1-concept>'"):
         check_new_token(tokenizer, "<cat-toy>_1")
     with pytest.raises(TokenError, match="overwrite the meaning of an existing word"):

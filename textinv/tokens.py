@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import TokenError
+from .errors import TokenError, setting
 
 
 def token_names(token: str, num_vectors: int) -> list[str]:
@@ -154,8 +154,8 @@ def check_new_token(tokenizer, token: str, vocab: dict | None = None) -> None:
         raise TokenError(
             f"token {token!r} is a learned token the model holds already (as the diffusers script's "
             f"--save_as_full_pipeline saves one in it), not a word of its own; to go on training it, give the model "
-            f"it was trained on as --model and its embedding file (learned_embeds.safetensors) as --init-embedding, "
-            f"or pick a new string, e.g. {instead!r}."
+            f"it was trained on as {setting('model')} and its embedding file (learned_embeds.safetensors) as "
+            f"{setting('init_embedding')}, or pick a new string, e.g. {instead!r}."
         )
     if token in (vocab if vocab is not None else tokenizer.get_vocab()):
         raise TokenError(
@@ -198,7 +198,7 @@ def encode_init(tokenizer, text: str) -> list[int]:
     if not ids or markers.intersection(ids):
         raise TokenError(
             f"init text {text!r} cannot be encoded by this model's tokenizer (it gives {ids}); use a plain word "
-            f"close to your concept, e.g. --init dog"
+            f"close to your concept, e.g. {setting('init', 'dog')}"
         )
     return ids
 
@@ -242,13 +242,13 @@ def init_vectors(table: torch.Tensor, ids: list[int], num_vectors: int, spread: 
     [[2.0, 3.0], [2.0, 3.0], [6.0, 7.0], [6.0, 7.0]]
     """
     if not ids:
-        raise TokenError("no init token ids to start from; give a word or phrase, e.g. --init dog")
+        raise TokenError(f"no init token ids to start from; give a word or phrase, e.g. {setting('init', 'dog')}")
     beyond = [i for i in ids if not 0 <= i < table.shape[0]]
     if beyond:  # an id past the frozen table is a token added in this session, such as another concept's
         raise TokenError(
             f"init token id(s) {beyond} have no row in the model's vocabulary of {table.shape[0]} tokens: the init "
             "text names a new token (another concept's?), which has no meaning yet; start from plain words, "
-            "e.g. --init dog"
+            f"e.g. {setting('init', 'dog')}"
         )
     rows = table[torch.tensor(ids, device=table.device)].float()  # (L, C)
     n = len(ids)
