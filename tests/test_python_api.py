@@ -324,6 +324,40 @@ def test_a_refused_setting_is_named_as_its_user_wrote_it(command, settings, flag
     assert f"error: {command_line}" in capsys.readouterr().err
 
 
+RUN_REFUSALS = [  # (what the run's folder holds, the settings beside it, from Python, on the command line)
+    (None, dict(resume=True), "check out=, or start a new run without resume=True",
+     "check --out, or start a new run without --resume"),
+    ("model: [cut", dict(resume=True), "put back a copy of it, or start the run again with overwrite=True",
+     "put back a copy of it, or start the run again with --overwrite"),
+    (None, dict(init="<|endoftext|>"), "use a plain word close to your concept, e.g. init='dog'",
+     "use a plain word close to your concept, e.g. --init dog"),
+]
+
+
+@pytest.mark.parametrize("saved, settings, python, command_line", RUN_REFUSALS,
+                         ids=["no-run", "damaged-record", "init"])
+def test_a_refusal_once_the_run_starts_names_settings_as_its_user_wrote_them(saved, settings, python, command_line,
+                                                                               sd1_dir, images, tmp_path, capsys):
+    """`train(dataclasses.replace(config, resume=True))` on a folder without a run, or with its config.yaml
+    damaged, was told of --out, --resume and --overwrite, and an init the tokenizer cannot read of --init: flags
+    found once the run's folder or model is read, not by `validate`. From Python the keywords, as typed here."""
+    from textinv.cli import main
+    from textinv.errors import TextinvError
+
+    out = tmp_path / "run"
+    if saved is not None:
+        out.mkdir()
+        (out / "config.yaml").write_text(saved)
+    with pytest.raises(TextinvError) as raised:
+        train(run_config(images, out, model=str(sd1_dir), **settings), progress=False)
+    assert python in str(raised.value)
+    assert not re.search(r"(?<![\w-])--?[a-z]", str(raised.value)), str(raised.value)
+    flags = [item for key, value in settings.items() for item in [f"--{key}"] + ([] if value is True else [value])]
+    argv = ["train", "--images", str(images), "--token", "<zq>", "--model", str(sd1_dir), "--out", str(out), *flags]
+    assert main(argv) == 2
+    assert command_line in capsys.readouterr().err
+
+
 def test_a_mistyped_bundled_model_names_the_nearest(capsys):
     """`load_model("shapez")` listed the bundled models without the one meant, where a mistyped choice names it;
     the command line's --model says it too."""
