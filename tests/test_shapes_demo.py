@@ -251,8 +251,8 @@ def test_captioned_benchmark_pictures_train_on_their_own_position_and_background
 
     concept = find_concept("teal-star")
     folder = tmp_path / "images"
-    write_training_images(concept, folder, k=4, seed=3)
-    templates = write_scene_captions(concept, folder, 4, 3, tmp_path / "templates.txt")
+    templates = write_scene_captions(concept, write_training_images(concept, folder, k=4, seed=3), 3,
+                                     tmp_path / "templates.txt")
     pictures = [TrainingImage(path=p, pixels=torch.zeros(3, 8, 8), caption=read_caption(p)) for p in find_images(folder)]
     sampler = CaptionSampler(pictures, read_template_file(templates), concept.token, torch.Generator().manual_seed(0))
     known = set(world.VOCABULARY)

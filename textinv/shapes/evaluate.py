@@ -354,12 +354,12 @@ def write_training_images(concept: Concept, folder: Path, k: int = 5, seed: int 
     return paths
 
 
-def write_scene_captions(concept: Concept, folder: Path, k: int, seed: int, templates: Path) -> Path:
-    """Beside each of `write_training_images`' pictures, a caption file of what the concept leaves free there (its
-    position and background, in the world's words), and templates that put those words after the token
-    (`[filewords]`); returns the templates' path."""
-    for i, scene in enumerate(concept.training_scenes(k, seed)):
-        write_text(folder / f"{concept.token.strip('<>')}-{i + 1}.txt",
+def write_scene_captions(concept: Concept, pictures: list[Path], seed: int, templates: Path) -> Path:
+    """Beside each of `write_training_images`' `pictures` (rendered from `seed`), a caption file of what the concept
+    leaves free there (its position and background, in the world's words), and templates that put those words after
+    the token (`[filewords]`); returns the templates' path."""
+    for path, scene in zip(pictures, concept.training_scenes(len(pictures), seed), strict=True):
+        write_text(path.with_suffix(".txt"),
                    f"{world.position_phrase(scene.obj.position)} on a {scene.background} background\n")
     write_text(templates, "\n".join(f"{t} [filewords]" for t in training_templates(concept)) + "\n")
     return templates
@@ -416,10 +416,11 @@ def learn(model, concept: Concept, config: EvalConfig, workdir: Path, progress: 
 
     seed = config.train_seed if seed is None else seed
     images = workdir / "images"
-    write_training_images(concept, images, config.images, seed)
-    templates = write_templates(concept, workdir / "templates.txt")
+    pictures = write_training_images(concept, images, config.images, seed)
     if config.captioned and concept.kind == "object":
-        templates = write_scene_captions(concept, images, config.images, seed, workdir / "templates.txt")
+        templates = write_scene_captions(concept, pictures, seed, workdir / "templates.txt")
+    else:
+        templates = write_templates(concept, workdir / "templates.txt")
     tc = train_config(concept, images, templates, workdir / "run", config.steps, config.lr, config.batch,
                       config.vectors, seed, model=model.source,
                       init=best_description(concept) if config.init == "description" else None)

@@ -1021,12 +1021,12 @@ def describe(scene: Scene, orientation: bool = False) -> str:
     """
     o = scene.obj
     phrase = _noun_phrase(o, None, full=True, angle_share=1.0 if orientation else 0.0)
-    text = f"{phrase} {_POSITION_PHRASES[o.position][0]} on a {scene.background} " \
+    text = f"{phrase} {position_phrase(o.position)} on a {scene.background} " \
            f"background, {scene.style} style"
     if scene.second is not None:
         s = scene.second
         text += f", and {_noun_phrase(s, None, full=True, with_pattern=s.pattern != 'solid')} " \
-                f"{_POSITION_PHRASES[s.position][0]}"
+                f"{position_phrase(s.position)}"
     return text
 
 
