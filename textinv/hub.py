@@ -312,13 +312,22 @@ def _check_reachable(repo: str, api=None) -> None:
     diffusers: half a minute on a busy machine), nor by HfApi's requests, which wait without a timeout. Any answer
     at all, an error status too, is a hub reached."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import get_session
 
     try:
         get_session().head(getattr(api, "endpoint", None) or constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
-    except (ConnectionError, OSError, HfHubHTTPError.__mro__[1]) as e:  # (as `_upload` catches them)
+    except _no_route() as e:
         raise _unreached(repo, e) from None
+
+
+def _no_route() -> tuple[type[Exception], ...]:
+    """The errors of a hub that cannot be reached: HF_HUB_OFFLINE's OfflineModeIsEnabled (a ConnectionError), the
+    OSErrors of a network that is down, and, with no route to it, huggingface_hub's HTTP library's own errors (httpx's
+    ConnectError or a timeout, which are no OSError), which share that library's HTTPError, the base HfHubHTTPError is
+    made from."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return ConnectionError, OSError, HfHubHTTPError.__mro__[1]
 
 
 def _unreached(repo: str, error: Exception):
@@ -340,9 +349,6 @@ def _upload(folder: Path, repo: str, private: bool, hub_token: str | None, api, 
 
     from .errors import ConfigError
 
-    # with no route to the hub huggingface_hub lets its HTTP library's own error through (httpx's ConnectError or a
-    # timeout, which are no OSError): they share that library's HTTPError, the base HfHubHTTPError is made from
-    http_error = HfHubHTTPError.__mro__[1]
     if api is None:
         from huggingface_hub import HfApi
 
@@ -358,6 +364,6 @@ def _upload(folder: Path, repo: str, private: bool, hub_token: str | None, api, 
         why = ("the token was refused, or cannot write there: log in again with `hf auth login` (a token with "
                "write access), or pass --hub-token" if status in (401, 403) else str(e).splitlines()[0])
         raise ConfigError(f"--repo {repo}: the hub refused the upload ({status or type(e).__name__}): {why}") from None
-    except (ConnectionError, OSError, http_error) as e:  # (HF_HUB_OFFLINE's OfflineModeIsEnabled: a ConnectionError)
+    except _no_route() as e:  # (after the refusals above: HfHubHTTPError is that library's HTTPError too)
         raise _unreached(repo, e) from None
     return str(getattr(url, "url", url) or f"https://huggingface.co/{repo}")
