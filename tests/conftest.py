@@ -112,15 +112,16 @@ def recorded_rates(monkeypatch, cls=torch.optim.AdamW) -> list:
     return seen
 
 
-def interrupted_at(monkeypatch, module, name: str, call: int) -> list:
-    """`module.name` made to raise KeyboardInterrupt (a Ctrl-C) at its `call`-th call (1: the first), itself
-    otherwise; returned: the list its calls are counted in (one entry a call), to read or reset."""
+def interrupted_at(monkeypatch, module, name: str, call: int, error: BaseException | None = None) -> list:
+    """`module.name` made to raise KeyboardInterrupt (a Ctrl-C; or `error`: a failed call) at its `call`-th call
+    (1: the first), itself otherwise; returned: the list its calls are counted in (one entry a call), to read or
+    reset."""
     real, calls = getattr(module, name), []
 
     def stand_in(*args, **kwargs):
         calls.append(1)
         if len(calls) == call:
-            raise KeyboardInterrupt
+            raise error or KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, name, stand_in)

@@ -1,8 +1,10 @@
 """Generation with learned tokens, and interoperability with diffusers' own textual-inversion loader."""
 
+import errno
 import json
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +16,9 @@ from safetensors.torch import save_file
 from conftest import CtrlCInFinalizer, again_warned, fresh_model, recorded_arguments, saved_whole, web_ui_picture
 from textinv import dynamic
 from textinv.config import GenerateConfig
-from textinv.errors import ConfigError, FormatError, TokenError
+from textinv.errors import ConfigError, DeviceMemoryError, FormatError, TokenError
 from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
-from textinv.generate import expand_all, generate, install_embedding, render
+from textinv.generate import GenerationInterrupted, expand_all, generate, install_embedding, render
 from textinv.tokens import expand_prompt
 from textinv.models import load_model
 from textinv.tiny import build_tiny_pipeline
@@ -526,23 +528,82 @@ def test_an_init_image_folders_pictures_of_one_size_share_calls_wherever_they_li
             assert np.abs(np.asarray(Image.open(mine)).astype(int) - np.asarray(Image.open(one))).max() <= 1
 
 
-def test_a_folder_run_stopped_between_its_sizes_calls_has_written_its_first_pictures(sd1_dir, tmp_path,
-                                                                                      monkeypatch):
-    """Ctrl-C after the wide pictures' call of a wide, tall, wide folder: the first picture is written, the third,
-    drawn in that call, was held for the second and is not, so what is written is the run's first pictures, as
-    the message says."""
+def _wide_tall_wide(folder: Path) -> Path:
+    """A folder of pictures drawn at two sizes, a and c wide, b tall: a and c share the first call, and c is held
+    until b, drawn in the second, is written."""
+    folder.mkdir()
+    for name, size in (("a", (40, 20)), ("b", (20, 40)), ("c", (40, 20))):
+        Image.new("RGB", size, "red").save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.mark.parametrize("stop, raised, message", [
+    (KeyboardInterrupt(), GenerationInterrupted, "^2 of 3 pictures had been written to .*, each whole$"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), RuntimeError, "^mat1 and mat2"),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory"), DeviceMemoryError, "Pictures written before it: 2, in "),
+])
+def test_a_folder_run_stopped_between_its_sizes_calls_writes_the_pictures_it_held(sd1_dir, tmp_path, monkeypatch,
+                                                                                    stop, raised, message):
+    """Ctrl-C, or a failed (out of memory) call, after the wide pictures' call of a wide, tall, wide folder: the
+    first picture is written, and the third, drawn in that call and held for the second, is written too, with its
+    name, text and pixels as a run that is not stopped writes it, and counted in what is said (it was dropped,
+    finished)."""
     from conftest import interrupted_at
     from textinv import generate as generating
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name, size in (("a", (40, 20)), ("b", (20, 40)), ("c", (40, 20))):
-        Image.new("RGB", size, "red").save(photos / f"{name}.png")
+    photos = _wide_tall_wide(tmp_path / "photos")
+    settings = dict(prompt=["a dog"], n=1, seed=2, steps=1, width=16, model=str(sd1_dir), init_image=str(photos),
+                    batch_size=8)
+    model = fresh_model(sd1_dir)
+    whole = {p.name: Image.open(p) for p in generate(GenerateConfig(**settings, out=str(tmp_path / "whole")),
+                                                      model=model, progress=False)}
+    interrupted_at(monkeypatch, generating, "render", 2, stop)
+    with pytest.raises(raised, match=message):
+        generate(GenerateConfig(**settings, out=str(tmp_path / "r")), model=model, progress=False)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["000-a-dog-a-s2.png", "000-a-dog-c-s2.png"]
+    held = Image.open(tmp_path / "r" / "000-a-dog-c-s2.png")
+    assert held.text == whole["000-a-dog-c-s2.png"].text and "Seed: 2," in held.text["parameters"]
+    assert np.array_equal(np.asarray(held), np.asarray(whole["000-a-dog-c-s2.png"]))
+
+
+def test_a_stopped_again_run_writes_the_kept_seeds_held_pictures_alone_and_counts_them(sd1_dir, tmp_path,
+                                                                                        monkeypatch):
+    """With `keep_seeds` (--again), Ctrl-C after the wide call writes the kept seed's held picture, not its
+    batch's others, and counts the pictures the run writes (one a picture), not every one it draws."""
+    from conftest import interrupted_at
+    from textinv import generate as generating
+
+    photos = _wide_tall_wide(tmp_path / "photos")
     interrupted_at(monkeypatch, generating, "_draw_batch", 2)
-    with pytest.raises(generating.GenerationInterrupted, match="^1 of 3 pictures had been written"):
+    with pytest.raises(GenerationInterrupted, match="^2 of 3 pictures had been written"):
+        generate(GenerateConfig(prompt=["a dog"], n=2, seed=2, steps=1, width=16, model=str(sd1_dir),
+                                init_image=str(photos), batch_size=8, out=str(tmp_path / "r")),
+                 progress=False, keep_seeds={3})
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["000-a-dog-a-s3.png", "000-a-dog-c-s3.png"]
+
+
+@pytest.mark.parametrize("failing", ["a", "every"])
+def test_a_picture_that_cannot_be_written_still_lets_the_held_ones_be_written(sd1_dir, tmp_path, monkeypatch,
+                                                                              failing):
+    """A full disk as the first picture is written (the wide call's a, with c held behind b): c is written still
+    where it can be, and the error said is the first picture's, whether or not c could be written."""
+    from textinv import generate as generating
+
+    photos = _wide_tall_wide(tmp_path / "photos")
+    real = generating._save_new
+
+    def full(img, out, name, *args, **kwargs):
+        if failing == "every" or name == "000-a-dog-a-s2":
+            raise OSError(errno.ENOSPC, "No space left on device", str(out / f"{name}.png"))
+        return real(img, out, name, *args, **kwargs)
+
+    monkeypatch.setattr(generating, "_save_new", full)
+    with pytest.raises(ConfigError, match=r"cannot write 000-a-dog-a-s2\.png \(No space left on device\); no "
+                                          r"picture was written: make room"):
         generate(GenerateConfig(prompt=["a dog"], n=1, seed=2, steps=1, width=16, model=str(sd1_dir),
                                 init_image=str(photos), batch_size=8, out=str(tmp_path / "r")), progress=False)
-    assert [p.name for p in (tmp_path / "r").iterdir()] == ["000-a-dog-a-s2.png"]
+    # (a folder made for the run is removed again where nothing was written into it)
+    assert sorted(p.name for p in (tmp_path / "r").glob("*")) == (["000-a-dog-c-s2.png"] if failing == "a" else [])
 
 
 def test_emphasis_is_read_as_the_a1111_web_ui_reads_it():

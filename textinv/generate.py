@@ -1391,15 +1391,18 @@ def _draw_all(configs: list[GenerateConfig], model: Model, embeddings: list[Lear
     bar = tqdm(total=sum(len(job.seeds) for job in jobs) * len(pictures.sources), disable=not progress,
                desc="generate", unit="img")
     try:  # (closed on a failure too: the error is then said on a line of its own, not after the bar)
-        # (a Ctrl-C that Python dropped inside a __del__ as a batch draws stops it before the next batch is drawn)
-        with interrupt_kept() as kept:
-            for batch in _batches(run, jobs, prompts):
-                kept.check()
-                _draw_batch(run, jobs, prompts, batch, bar)
+        try:
+            # (a Ctrl-C that Python dropped inside a __del__ as a batch draws stops it before the next batch is drawn)
+            with interrupt_kept() as kept:
+                for batch in _batches(run, jobs, prompts):
+                    kept.check()
+                    _draw_batch(run, jobs, prompts, batch, bar)
+        finally:  # (stopped part-way: a Ctrl-C, a failed call or write; counted in what is said of it below)
+            _write_held(run)
     except KeyboardInterrupt as stop:
         if isinstance(stop, GenerationInterrupted):
             raise
-        done, total = sum(map(len, run.written)), bar.total
+        done, total = sum(map(len, run.written)), sum(map(len, run.mine))  # (--again's: the kept seeds' alone)
         raise GenerationInterrupted(f"{done} of {total} picture{'s' * (total != 1)} had been written to {config.out}, "
                                     f"each whole" if done else f"none of {total} picture{'s' * (total != 1)} had "
                                     f"been written") from None
@@ -1699,20 +1702,35 @@ def _write_batch(run: _Run, batch: list[tuple[int, Path | None, int]], images: l
     """Write the pictures of `batch` (`_batches`), drawn in one call, in the order a run writes its pictures
     (`_Run.order`: that of their names): a picture drawn before one ahead of it (an --init-image folder's picture in
     a call with a picture of its size further on) is held until that one is written, so the files are written, and
-    listed, in that order whatever calls drew them, and a run stopped part-way has written the first of them. Only
-    `keep_seeds`' are written when given, each with its job's PNG text for its --init-image picture (`texts`, by the
-    job's place and the picture; none under --metadata none) and the seeds of its call."""
+    listed, in that order whatever calls drew them; a run stopped part-way writes those it holds then (`_write_held`).
+    Only `keep_seeds`' are written when given, each with its job's PNG text for its --init-image picture (`texts`, by
+    the job's place and the picture; none under --metadata none) and the seeds of its call."""
     chunk = [seed for _, _, seed in batch]
     for (index, source, seed), img in zip(batch, images):
         run.drawn[index, source, seed] = img, texts[index, source], chunk
     bar.update(len(batch))  # (drawn: a held picture is done too)
     while run.order and run.order[-1] in run.drawn:
-        index, source, seed = key = run.order.pop()
-        img, text, chunk = run.drawn.pop(key)
-        if run.keep_seeds is not None and seed not in run.keep_seeds:  # (drawn only as the kept one's batch)
-            continue
-        _write_one(run, key, img, text.png(run.config_of(index), seed, chunk)
-                   if run.config.metadata != "none" else None)
+        _write_drawn(run, run.order.pop())
+
+
+def _write_held(run: _Run) -> None:
+    """Write the pictures `_write_batch` holds (drawn, but behind one not yet written) in the run's order, as it
+    would have written them, when the run stops part-way: a Ctrl-C, an error in a later call (out of memory), or a
+    picture that could not be written. A held one that cannot be written either is left out, the others tried, and
+    what stopped the run is what is raised (a full disk's error, with the count of pictures written before it)."""
+    for key in [key for key in reversed(run.order) if key in run.drawn]:
+        with contextlib.suppress(ConfigError):  # (`write_failed`'s: the error in flight is said instead)
+            _write_drawn(run, key)
+
+
+def _write_drawn(run: _Run, key: tuple[int, Path | None, int]) -> None:
+    """Write the picture `key` drawn (`_Run.drawn`, which lets go of it) with its job's PNG text and its call's
+    seeds, unless `keep_seeds` leave it out."""
+    index, _, seed = key
+    img, text, chunk = run.drawn.pop(key)
+    if run.keep_seeds is not None and seed not in run.keep_seeds:  # (drawn only as the kept one's batch)
+        return
+    _write_one(run, key, img, text.png(run.config_of(index), seed, chunk) if run.config.metadata != "none" else None)
 
 
 def _write_one(run: _Run, key: tuple[int, Path | None, int], img: Image.Image, info: PngInfo | None) -> None:
