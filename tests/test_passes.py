@@ -1353,7 +1353,7 @@ def test_an_x_y_z_plots_eta_is_checked_against_each_cells_sampler(tmp_path):
 
     ready = plan(GenerateConfig(prompt=["a dog"], eta=0.5, x="sampler=euler_a,ddim", out=str(tmp_path)).validate())
     assert [cell.sampler for cell in ready.cells] == ["euler_a", "ddim"]
-    with pytest.raises(ConfigError, match=r"--x sampler=dpm\+\+2m: eta=0.5: sampler='dpm\+\+2m' takes no eta"):
+    with pytest.raises(ConfigError, match=r"x='sampler=dpm\+\+2m': eta=0.5: sampler='dpm\+\+2m' takes no eta"):
         plan(GenerateConfig(prompt=["a dog"], eta=0.5, x="sampler=euler_a,dpm++2m", out=str(tmp_path)).validate())
 
 

@@ -568,7 +568,7 @@ def test_an_xyz_plot_varies_the_refiner_and_its_switch_loading_each_refiner_once
     said = [Image.open(p).text["parameters"] for p in paths[1:]]
     assert f"Refiner: {xl_dirs[1].name}, Refiner switch at: 0.5" in said[0]
     assert "Refiner" not in said[1] and "Refiner" not in said[3]
-    axis = xyz.read_axis("--x", f"refiner=none,{other}", config)
+    axis = xyz.read_axis("x", f"refiner=none,{other}", config)
     assert axis.labels == ["Refiner checkpoint: None", "Refiner checkpoint: other-refiner"]
     # the grid's record names the refiners by their paths under --metadata full, by their names where shared
     record = json.loads(Image.open(paths[0]).text["textinv_settings"])

@@ -72,41 +72,42 @@ def _config(tmp_path, **settings):
 
 
 @pytest.mark.parametrize("settings, said", [
-    ({"x": "colour=1,2"}, r"--x 'colour=1,2': no axis 'colour'; the axes: seed, steps"),
+    ({"x": "colour=1,2"}, r"x='colour=1,2': no axis 'colour'; the axes: seed, steps"),
     ({"x": "sampel=euler"}, r"did you mean sampler\?"),
-    ({"x": "guidance"}, r"write AXIS=VALUES"),
-    ({"x": "steps="}, r"no values"),
-    ({"y": "sampler=euler,euler_z"}, r"--y 'sampler=euler,euler_z': 'euler_z' is no sampler \(did you mean euler_a"),
-    ({"x": "steps=0,2"}, r"--x steps=0: steps= must be >= 1, got 0"),
-    ({"x": "denoise=0.3,0.6"}, r"--x denoise=0.3: denoise= says how much of a picture is redrawn"),
-    ({"x": "size=16x17"}, r"--x size=16x17: height= must be a multiple of 8"),
+    ({"x": "guidance"}, r"^x='guidance': write AXIS=VALUES, e.g. x='guidance=3,7.5,12' \(axes: "),
+    ({"x": "steps="}, r"^x='steps=': no values; .* e.g. x='steps=10-30 \(\+10\)'$"),
+    ({"y": "sampler=euler,euler_z"}, r"y='sampler=euler,euler_z': 'euler_z' is no sampler \(did you mean euler_a"),
+    ({"x": "steps=0,2"}, r"x='steps=0': steps= must be >= 1, got 0"),
+    ({"x": "denoise=0.3,0.6"}, r"x='denoise=0.3': denoise= says how much of a picture is redrawn"),
+    ({"x": "size=16x17"}, r"x='size=16x17': height= must be a multiple of 8"),
     ({"x": "prompt-sr=cat,dog"}, r"the first value 'cat' is in no --prompt or --negative-prompt"),
-    ({"x": "steps=1,2", "z": "steps=3"}, r"--x and --z both vary steps"),
+    ({"x": "steps=1,2", "z": "steps=3"}, r"x= and z= both vary steps"),
     ({"x": "steps=1,2", "xyz_margin": -2}, r"xyz_margin= must be 0 to 500 pixels .*, got -2"),
     ({"x": "steps=1,2", "xyz_margin": 100_000}, r"xyz_margin= must be 0 to 500 pixels .*, got 100000"),
-    ({"x": "seed=1-11", "y": "steps=1-10"}, r"make 11 x 10 x 1 = 110 cells, more than xyz_max_cells=100"),
+    ({"x": "seed=1-11", "y": "steps=1-10"}, r"^x='seed=1-11' y='steps=1-10' make 11 x 10 x 1 = 110 cells, more "
+                                             r"than xyz_max_cells=100"),
     # (each seed the plot draws, offset by --ensd, named: not the command's --seed alone)
-    ({"x": f"seed=1,{2**64 - 5}", "ensd": 31337}, r"^--x seed=18446744073709551611: ensd=31337: picture seed "
+    ({"x": f"seed=1,{2**64 - 5}", "ensd": 31337}, r"^x='seed=18446744073709551611': ensd=31337: picture seed "
                                                   r"18446744073709551611 \+ ENSD is 18446744073709582948, past 2\^64 - 1"),
-    ({"x": "seed=1,2", "n": 3, "ensd": 2**64 - 4}, r"^--x seed=2: ensd=18446744073709551612: picture seed 4 \+ "),
+    ({"x": "seed=1,2", "n": 3, "ensd": 2**64 - 4}, r"^x='seed=2': ensd=18446744073709551612: picture seed 4 \+ "),
     # (DPM++ SDE and 3M SDE take --eta and --sigma-noise; the cell of a sampler that does not is named)
-    ({"x": "sampler=dpm++sde,dpm++3m_sde,dpm++2m", "eta": 0.5}, r"^--x sampler=dpm\+\+2m: eta=0.5: sampler="
+    ({"x": "sampler=dpm++sde,dpm++3m_sde,dpm++2m", "eta": 0.5}, r"^x='sampler=dpm\+\+2m': eta=0.5: sampler="
                                                                 r"'dpm\+\+2m' takes no eta"),
-    ({"x": "sampler=dpm++3m_sde,dpm++sde,euler_a", "sigma_noise": 0.5}, r"^--x sampler=euler_a: sigma_noise=0.5: "
+    ({"x": "sampler=dpm++3m_sde,dpm++sde,euler_a", "sigma_noise": 0.5}, r"^x='sampler=euler_a': sigma_noise=0.5: "
                                                                         r"sampler='euler_a' takes no sigma noise"),
     # (the web UI's axes textinv lacks: said so, with the way to get the same)
-    ({"x": "Checkpoint name=a.safetensors,b.safetensors"}, r"^--x 'Checkpoint name=a.safetensors,b.safetensors': the "
+    ({"x": "Checkpoint name=a.safetensors,b.safetensors"}, r"^x='Checkpoint name=a.safetensors,b.safetensors': the "
                                                            r"web UI's Checkpoint name axis is no axis textinv has: "
                                                            r"textinv draws one --model a run: run generate once per"),
     ({"y": "Styles=cinematic"}, r"Styles axis is no axis textinv has: .*write the style's text into --prompt"),
     ({"x": "face restore=CodeFormer"}, r"Face restore axis is no axis textinv has: face restoration .* not in textinv"),
-    ({"x": "schedule=Karras", "sampler": "euler_a"}, r"^--x schedule=Karras: the sampler euler_a is not drawn on "),
-    ({"x": "schedule=Karras"}, r"^--x schedule=Karras: the sampler default is the model's own scheduler"),
+    ({"x": "schedule=Karras", "sampler": "euler_a"}, r"^x='schedule=Karras': the sampler euler_a is not drawn on "),
+    ({"x": "schedule=Karras"}, r"^x='schedule=Karras': the sampler default is the model's own scheduler"),
     ({"x": "Schedule type=Automatic,Polyexponential", "sampler": "euler"}, r"'Polyexponential' is no schedule type"),
     ({"x": "hires-upscaler=Latent,R-ESRGAN 4x+", "hires_scale": 1.5}, r"'R-ESRGAN 4x\+' is the web UI's upscaling "),
     ({"x": "discard-penultimate-sigma=maybe"}, r"'maybe' is neither True nor False"),
-    ({"x": "var-seed=1,2"}, r"^--x var-seed=1: variation_seed= needs variation_strength="),
-    ({"x": "Eta=0.5,1"}, r"^--x eta=0.5: eta=0.5: sampler='default' takes no eta"),
+    ({"x": "var-seed=1,2"}, r"^x='var-seed=1': variation_seed= needs variation_strength="),
+    ({"x": "Eta=0.5,1"}, r"^x='eta=0.5': eta=0.5: sampler='default' takes no eta"),
 ])
 def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, settings, said):
     with pytest.raises(ConfigError, match=said):
@@ -114,10 +115,25 @@ def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, setting
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("axes, said", [
+    (["--x", "colour=1,2"], "--x 'colour=1,2': no axis 'colour'"),
+    (["--x", "guidance"], "--x 'guidance': write AXIS=VALUES, e.g. --x guidance=3,7.5,12 (axes: "),
+    (["--x", "steps=0,2"], "--x steps=0: --steps must be >= 1, got 0"),
+    (["--x", "steps=1,2", "--z", "steps=3"], "--x and --z both vary steps"),
+    (["--x", "guidance=3,7", "--y", "prompt-sr=dog,{cat"], "--y prompt-sr={cat: "),
+])
+def test_the_command_line_names_an_axis_by_its_flag(tmp_path, no_model, capsys, axes, said):
+    """From Python an axis is named as its keyword (`x='steps=0'`, above); on the command line as its flag."""
+    assert main(["generate", "--model", str(tmp_path / "no-model"), "--prompt", "a photo of dog", "-n", "1",
+                 "--steps", "2", "--out", str(tmp_path / "r"), *axes]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("settings, said", [
-    ({"embedding": ["none.safetensors"], "x": "guidance=3,7"}, r"^(?!--x).*none.safetensors"),
-    ({"prompt": ["a {red|blue dog"], "x": "guidance=3,7"}, r"^(?!--x).*\{red\|blue dog"),
-    ({"x": "guidance=3,7", "y": "prompt-sr=dog,{cat"}, r"^--y prompt-sr=\{cat: .*\{cat"),
+    ({"embedding": ["none.safetensors"], "x": "guidance=3,7"}, r"^(?!x=).*none.safetensors"),
+    ({"prompt": ["a {red|blue dog"], "x": "guidance=3,7"}, r"^(?!x=).*\{red\|blue dog"),
+    ({"x": "guidance=3,7", "y": "prompt-sr=dog,{cat"}, r"^y='prompt-sr=\{cat': .*\{cat"),
 ])
 def test_what_a_cell_names_is_checked_before_the_model_loads(tmp_path, no_model, settings, said):
     """Each cell is checked as generate checks its settings before loading (the files and prompts they name), so a
@@ -462,7 +478,7 @@ def test_a_schedule_type_axis_beside_a_hires_sampler_axis_moves_the_values_on_th
         cells = xyz.plan(_config(tmp_path, sampler="dpm++2m_karras", hires_scale=1.5, x=x, y=y).validate()).cells
         hires = sorted(c.hires_sampler for c in cells)
         assert hires == ["dpm++2m_exponential", "dpm++2m_exponential", "euler", "euler_karras"]
-    with pytest.raises(ConfigError, match=r"^--y schedule=Karras: the hires sampler euler_a is not drawn on 'Karras' "
+    with pytest.raises(ConfigError, match=r"^y='schedule=Karras': the hires sampler euler_a is not drawn on 'Karras' "
                                           r"in textinv: give another schedule type or sampler"):
         xyz.plan(_config(tmp_path, sampler="euler", hires_scale=1.5, x="hires-sampler=euler,euler_a",
                          y="schedule=Uniform,Karras").validate())
@@ -911,7 +927,7 @@ def test_running_out_of_memory_in_a_cell_names_the_cell_and_the_cells_written(tm
 
     monkeypatch.setattr(xyz, "generate_together", draws)
     (tmp_path / "r").mkdir()  # (as generate makes --out: the plot stops when it is gone after a cell)
-    with pytest.raises(DeviceMemoryError, match=r"^the X/Y/Z plot's cell 4 of 6 \(--x steps=1, --y guidance=7.5\): "
+    with pytest.raises(DeviceMemoryError, match=r"^the X/Y/Z plot's cell 4 of 6 \(x='steps=1', y='guidance=7.5'\): "
                                                 r"out of memory .* The 3 cells before it are written in \S+r, with "
                                                 r"no grid$"):
         xyz.plot(_config(tmp_path, x="steps=1-3", y="guidance=3,7.5"), model=object(), progress=False)
@@ -963,7 +979,7 @@ def test_a_sampler_the_model_cannot_sample_is_refused_before_any_cell_is_drawn(s
     scheduler = model.pipeline.scheduler
     model.pipeline.scheduler = type(scheduler).from_config(scheduler.config, rescale_betas_zero_snr=True)
     config = _config(tmp_path, model=str(sd1_dir), x="sampler=euler,dpm++2m_karras")
-    with pytest.raises(ConfigError, match=r"--x 'sampler=euler,dpm\+\+2m_karras': sampler dpm\+\+2m_karras cannot"):
+    with pytest.raises(ConfigError, match=r"x='sampler=euler,dpm\+\+2m_karras': sampler dpm\+\+2m_karras cannot"):
         generate(config, model=model, progress=False)
     assert not list((tmp_path / "r").glob("*.png"))
 
@@ -973,7 +989,7 @@ def test_a_restart_cell_that_would_take_fewer_calls_is_refused_before_any_cell_i
     twice (`samplers.check_pass`): its cell is refused once the model has loaded, before the cells before it."""
     config = _config(tmp_path, model=str(sd1_dir), steps=22, discard_penultimate_sigma=True,
                      x="sampler=euler,restart")
-    with pytest.raises(ConfigError, match=r"^--x 'sampler=euler,restart': sampler restart: steps=22 with "
+    with pytest.raises(ConfigError, match=r"^x='sampler=euler,restart': sampler restart: steps=22 with "
                                           r"discard_penultimate_sigma=: Restart's level nearest sigma 0.1"):
         generate(config, model=fresh_model(sd1_dir), progress=False)
     assert not list((tmp_path / "r").glob("*.png"))

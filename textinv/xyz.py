@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, random_seed, spelled
 from .embedding_names import _as_prompted, _file_name
-from .errors import ConfigError, DeviceMemoryError, TextinvError, said_once, setting, warns_at_caller
+from .errors import ConfigError, DeviceMemoryError, TextinvError, given, said_once, setting, warns_at_caller
 from .formats import RECORD_KEY, load_embedding, on_disk, second_file
 from .generate import (GenerationInterrupted, _memory_error, _Where, check_refiner_source, checked_settings,
                        _run_suffixes, drawing_dtype, drawing_model, generate_together, launched, make_grid,
@@ -497,7 +497,7 @@ _SEED_AXES = ("seed", "var-seed")  # (-1 draws one for the plot, and the grid's 
 
 # the web UI's axes textinv has none of, by lowercase label: (the label, how to get the same with textinv)
 WEBUI_ONLY = {label.lower(): (label, how) for label, how in (
-    ("Nothing", "the web UI's empty axis: leave the flag out"),
+    ("Nothing", "the web UI's empty axis: leave the axis out"),
     ("Checkpoint name", "textinv draws one --model a run: run generate once per model, with the same --seed"),
     ("VAE", "textinv loads one --vae a run, with its model: run generate once per --vae, with the same --seed"),
     ("Styles", "textinv has no saved styles: write the style's text into --prompt and --negative-prompt, or vary it "
@@ -524,11 +524,11 @@ WEBUI_ONLY = {label.lower(): (label, how) for label, how in (
 
 @dataclass(frozen=True)
 class Plotted:
-    """One axis of a plot as it was read: which (`axis`), from which flag (`flag`: --x) and text (`given`), its
-    values, and each value's legend text (`labels`)."""
+    """One axis of a plot as it was read: which (`axis`), given to which setting (`xyz`: x, y or z) as which text
+    (`given`), its values, and each value's legend text (`labels`)."""
 
     axis: Axis
-    flag: str
+    xyz: str
     given: str
     values: list
 
@@ -543,35 +543,41 @@ class Plotted:
     def settings(self, value, config: GenerateConfig) -> dict:
         return self.axis.apply(value, config, self.values)
 
+    def at(self, value) -> str:
+        """The axis at `value` as a message names it, in its user's words (`errors.setting`): `--x steps=0` on the
+        command line, `x='steps=0'` from Python."""
+        return setting(self.xyz, f"{self.axis.name}={self.show(value)}")
 
-def read_axis(flag: str, text: str, config: GenerateConfig) -> Plotted:
-    """`--x AXIS=VALUES` read and checked (`config`: the command's settings), or a ConfigError naming the flag, the
-    value and the fix."""
+
+def read_axis(xyz: str, text: str, config: GenerateConfig) -> Plotted:
+    """`--x AXIS=VALUES` (`x='AXIS=VALUES'` from Python; `xyz`: x, y or z) read and checked (`config`: the command's
+    settings), or a ConfigError naming the axis as its user gave it (`errors.given`), the value and the fix."""
+    said = given(xyz, text)
     name, sep, values = text.partition("=")
     key = name.strip().lower().replace("_", "-")
     key = _SPELLINGS.get(key, key)
     if not sep or not key:
-        raise ConfigError(f"{flag} {text!r}: write AXIS=VALUES, e.g. {flag} guidance=3,7.5,12 (axes: "
+        raise ConfigError(f"{said}: write AXIS=VALUES, e.g. {setting(xyz, 'guidance=3,7.5,12')} (axes: "
                           f"{', '.join(AXES)})")
     if key not in AXES and name.strip().lower() in WEBUI_ONLY:
         label, how = WEBUI_ONLY[name.strip().lower()]
-        raise ConfigError(f"{flag} {text!r}: the web UI's {label} axis is no axis textinv has: {how} (the axes: "
+        raise ConfigError(f"{said}: the web UI's {label} axis is no axis textinv has: {how} (the axes: "
                           f"{', '.join(AXES)})")
     if key not in AXES:
         near = difflib.get_close_matches(key, list(AXES), n=1)
-        raise ConfigError(f"{flag} {text!r}: no axis {name.strip()!r}" + (f" (did you mean {near[0]}?)" if near else "")
+        raise ConfigError(f"{said}: no axis {name.strip()!r}" + (f" (did you mean {near[0]}?)" if near else "")
                           + f"; the axes: {', '.join(AXES)}")
     items = split_values(values)
     if not items or any(not item for item in items):
-        raise ConfigError(f"{flag} {text!r}: {'an empty value' if items else 'no values'}; give the values after "
-                          f"'=', separated by commas, e.g. {flag} {key}={_EXAMPLES[key]}")
+        raise ConfigError(f"{said}: {'an empty value' if items else 'no values'}; give the values after "
+                          f"'=', separated by commas, e.g. {setting(xyz, f'{key}={_EXAMPLES[key]}')}")
     try:
         read = AXES[key].read(items, config)
     except ValueError as e:
-        raise ConfigError(f"{flag} {text!r}: {e}") from None
+        raise ConfigError(f"{said}: {e}") from None
     if key in _SEED_AXES:  # the web UI's: -1 is a seed drawn once for the plot
         read = [v if v != -1 else random_seed() for v in read]
-    return Plotted(AXES[key], flag, values.strip(), read)
+    return Plotted(AXES[key], xyz, values.strip(), read)
 
 
 _EXAMPLES = {"seed": "1-4", "steps": "10-30 (+10)", "guidance": "3,7.5,12", "sampler": "euler,dpm++2m_karras",
@@ -605,14 +611,14 @@ class Plan:
 def plan(config: GenerateConfig) -> Plan:
     """The plot `config.x`, `.y`, `.z` ask for, every cell's settings checked (as generate checks its own: `_check`)
     before anything loads. `config` is validated already (its seed drawn)."""
-    flags = (("--x", config.x), ("--y", config.y), ("--z", config.z))
-    axes = tuple(read_axis(flag, text, config) if text else None for flag, text in flags)
+    texts = (("x", config.x), ("y", config.y), ("z", config.z))
+    axes = tuple(read_axis(xyz, text, config) if text else None for xyz, text in texts)
     seen: dict[str, str] = {}
     for a in filter(None, axes):
         if a.axis.name in seen:
-            raise ConfigError(f"{seen[a.axis.name]} and {a.flag} both vary {a.axis.name}: give each axis once (put all "
+            raise ConfigError(f"{setting(seen[a.axis.name])} and {setting(a.xyz)} both vary {a.axis.name}: give each axis once (put all "
                               f"its values on one of them)")
-        seen[a.axis.name] = a.flag
+        seen[a.axis.name] = a.xyz
     nx, ny, nz = Plan(axes, []).counts()
     if config.xyz_max_cells is None or config.xyz_max_cells < 1:
         raise ConfigError(f"{setting('xyz_max_cells')} must be 1 or more, got {config.xyz_max_cells}")
@@ -621,7 +627,7 @@ def plan(config: GenerateConfig) -> Plan:
         raise ConfigError(f"{setting('xyz_margin')} must be 0 to {MAX_MARGIN} pixels (the web UI's Grid margins "
                           f"slider), got {config.xyz_margin}")
     if nx * ny * nz > config.xyz_max_cells:
-        said = " ".join(f"{flag} {text!r}" for flag, text in flags if text)
+        said = " ".join(given(xyz, text) for xyz, text in texts if text)
         raise ConfigError(f"{said} make {nx} x {ny} x {nz} = {nx * ny * nz} cells, more than "
                           f"{setting('xyz_max_cells', config.xyz_max_cells)} (each draws {setting('n', config.n)} "
                           f"pictures): give fewer values, or raise {setting('xyz_max_cells')}")
@@ -649,7 +655,7 @@ def _settings(a: Plotted, value, cell: GenerateConfig) -> dict:
     try:
         return a.settings(value, cell)
     except ConfigError as e:
-        raise ConfigError(f"{a.flag} {a.axis.name}={a.show(value)}: {e}") from None
+        raise ConfigError(f"{a.at(value)}: {e}") from None
 
 
 def _checked(cell: GenerateConfig, base: GenerateConfig, parts: list[tuple[Plotted, object]]) -> tuple:
@@ -670,13 +676,13 @@ def _checked(cell: GenerateConfig, base: GenerateConfig, parts: list[tuple[Plott
             _check(replace(base, **a.settings(value, base)))
         except TextinvError as alone:
             if str(alone) == str(error):
-                raise type(error)(f"{a.flag} {a.axis.name}={a.show(value)}: {error}") from None
+                raise type(error)(f"{a.at(value)}: {error}") from None
     raise type(error)(f"the cell {_said(parts)}: {error}") from None
 
 
 def _said(parts: list[tuple[Plotted, object]]) -> str:
     """A cell by its axes' values: `--x steps=20, --y guidance=7.5`."""
-    return ", ".join(f"{a.flag} {a.axis.name}={a.show(value)}" for a, value in parts)
+    return ", ".join(a.at(value) for a, value in parts)
 
 
 def _check(cell: GenerateConfig) -> tuple:
@@ -791,7 +797,7 @@ def _check_samplers(ready: Plan, model) -> None:
     zero-terminal-SNR model, Restart on a schedule it would take fewer calls on: `samplers.check_pass`) is refused
     once the model has loaded, not after the cells before it are drawn."""
     axis = next((a for a in ready.axes if a is not None and a.axis.name == "sampler"), None)
-    flag = f"{axis.flag} {'sampler=' + axis.given!r}: sampler" if axis is not None else None
+    flag = f"{given(axis.xyz, 'sampler=' + axis.given)}: sampler" if axis is not None else None
     for sampler in dict.fromkeys(cell.sampler for cell in ready.cells if cell.sampler != "default"):
         scheduler_for(model.pipeline.scheduler, sampler, flag=flag)
     # (a text-to-image first pass runs all its steps; an img2img one is checked as generate checks it)
