@@ -254,9 +254,9 @@ def test_running_out_of_memory_inside_the_capture_is_the_runs_error(on_the_cpu, 
     real_init = graphs.CapturedStep.__init__
     monkeypatch.setattr(graphs.CapturedStep, "__init__",
                         lambda self, *a, **kw: real_init(self, *a, **{**kw, "capture": True}))
-    with pytest.raises(DeviceMemoryError, match=r"in training step 1 \(batch 2, 16x16, fp32, --cuda-graphs\).*least: "
-                                                r"no --cuda-graphs \(the same result, slower at small batches\); "
-                                                r"--gradient-checkpointing"):
+    with pytest.raises(DeviceMemoryError, match=r"in training step 1 \(batch 2, 16x16, fp32, cuda_graphs=True\).*"
+                                                r"least: cuda_graphs=False \(the same result, slower at small "
+                                                r"batches\); gradient_checkpointing=True"):
         train(config(images, tmp_path / "run", cuda_graphs=True), model=fresh_model(sd1_dir), progress=False)
 
 
@@ -268,7 +268,7 @@ def test_a_grid_that_runs_out_of_memory_beside_the_captured_step_suggests_leavin
                        step=5, resolution=512)
         where.prompts, where.writing, where.saved = 4, True, 5
         message = str(_memory_error(where, torch.device("cpu"), torch.OutOfMemoryError("")))
-        assert ("; no --cuda-graphs (the training step's memory is then free for the grid). " in message) == graphed
+        assert ("; cuda_graphs=False (the training step's memory is then free for the grid). " in message) == graphed
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

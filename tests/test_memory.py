@@ -12,7 +12,7 @@ import torch
 from conftest import CUDA_OUT_OF_MEMORY, fresh_model, out_of_memory_at, train_config
 from textinv import cli
 from textinv import latent_cache, losses, memory, train as train_module, train_memory
-from textinv.errors import DeviceMemoryError
+from textinv.errors import ON_COMMAND_LINE, DeviceMemoryError
 from textinv.memory import device_note, is_out_of_memory
 from textinv.models import load_model
 from textinv.run_folder import checkpoints, run_lock
@@ -51,13 +51,13 @@ def test_out_of_memory_in_a_step_names_it_with_the_fixes_and_the_run_resumes_to_
     assert message.startswith("out of memory on cpu in training step 4 (batch 4, 16x16, fp32): torch tried to "
                               "allocate 2.00 GiB more. Settings that need less memory, from the one that changes "
                               "the result least: ")
-    fixes = ["--gradient-checkpointing (the same result, about a third slower)",
-             "--batch 2 --grad-accum 2 (the same 4 samples a step, drawn in 2 passes)", "--precision bf16",
-             "--resolution 8 (the pictures are learned at that size)"]
+    fixes = ["gradient_checkpointing=True (the same result, about a third slower)",
+             "batch=2, grad_accum=2 (the same 4 samples a step, drawn in 2 passes)", "precision='bf16'",
+             "resolution=8 (the pictures are learned at that size)"]
     assert "; ".join(fixes) in message
-    assert message.endswith(f"The run is saved at step 3: textinv train --out {out} --resume continues it with "
-                            f"--gradient-checkpointing, which changes nothing that is learned; the other settings "
-                            f"change what is learned: they start the run again with --overwrite, or in another --out")
+    assert message.endswith(f"The run is saved at step 3: out={str(out)!r}, resume=True continues it with "
+                            f"gradient_checkpointing=True, which changes nothing that is learned; the other settings "
+                            f"change what is learned: they start the run again with overwrite=True, or in another out=")
     # the folder is a resumable run: the last finished step saved, the lock released, no write left half done
     assert [p.name for p in checkpoints(out)] == ["step-000003.pt"]
     assert not list(out.rglob("*.tmp"))
@@ -99,10 +99,10 @@ def test_out_of_memory_in_a_sample_grid_resumes_without_grids(sd1_dir, images, t
     undo()
     message = str(info.value)
     assert message.startswith("out of memory on cpu drawing the sample grid of step 2 (4 prompts at 16x16): ")
-    assert ("from the one that changes the result least: fewer --sample-prompts (the grid draws its 4 at once); "
-            "--sample-every 0 (no grids). ") in message
-    assert message.endswith(f"The run is saved at step 2: textinv train --out {out} --resume continues it with "
-                            f"fewer --sample-prompts or --sample-every 0, which change nothing that is learned")
+    assert ("from the one that changes the result least: fewer sample_prompts= (the grid draws its 4 at once); "
+            "sample_every=0 (no grids). ") in message
+    assert message.endswith(f"The run is saved at step 2: out={str(out)!r}, resume=True continues it with "
+                            f"fewer sample_prompts= or sample_every=0, which change nothing that is learned")
     assert [p.name for p in checkpoints(out)] == ["step-000002.pt"]
     resumed = train(config(images, out, resume=True, **{**grids, "sample_every": 0}), model=fresh_model(sd1_dir),
                     progress=False)
@@ -132,11 +132,11 @@ def test_mps_running_out_is_the_same_error(sd1_dir, images, tmp_path, monkeypatc
     message = str(info.value)
     assert message.startswith("out of memory on cpu in training step 1 (batch 3, 16x16, bf16): torch tried to "
                               "allocate 256.00 MB more. ")
-    assert ("least: --gradient-checkpointing (the same result, about a third slower); --batch 1 --grad-accum 3 (the "
-            "same 3 samples a step, drawn in 3 passes); --resolution 8 (the pictures are learned at that size). ") \
+    assert ("least: gradient_checkpointing=True (the same result, about a third slower); batch=1, grad_accum=3 (the "
+            "same 3 samples a step, drawn in 3 passes); resolution=8 (the pictures are learned at that size). ") \
         in message
-    assert "--precision" not in message  # (bf16 already)
-    assert message.endswith("No step had finished: run it again with one of them and --overwrite")
+    assert "precision=" not in message  # (bf16 already)
+    assert message.endswith("No step had finished: run it again with one of them and overwrite=True")
 
 
 def test_other_runtime_errors_pass_through_as_they_are(sd1_dir, images, tmp_path, monkeypatch):
@@ -152,9 +152,9 @@ def test_other_runtime_errors_pass_through_as_they_are(sd1_dir, images, tmp_path
 
 
 @pytest.mark.parametrize("module, where, said, fixes", [
-    (train_module, "load_model", "loading the model (fp32)", "--precision bf16"),
+    (train_module, "load_model", "loading the model (fp32)", "precision='bf16'"),
     (latent_cache, "encode_latents", "caching the pictures' latents (the VAE encoding them at 16x16, fp32)",
-     "--precision bf16; --resolution 8 (the pictures are learned at that size)"),
+     "precision='bf16'; resolution=8 (the pictures are learned at that size)"),
 ])
 def test_out_of_memory_before_the_run_starts_leaves_the_folder_as_it_was(module, where, said, fixes, sd1_dir, images,
                                                                           tmp_path, monkeypatch):
@@ -167,24 +167,24 @@ def test_out_of_memory_before_the_run_starts_leaves_the_folder_as_it_was(module,
         train(config(images, out, model=str(sd1_dir)), progress=False)
     assert str(info.value) == (f"out of memory on cpu {said}: torch tried to allocate 2.00 GiB more. Settings that "
                                f"need less memory, from the one that changes the result least: {fixes}. Nothing was "
-                               f"written: --out {out} is left as it was")
+                               f"written: out={str(out)!r} is left as it was")
     assert not out.exists()
 
 
 @pytest.mark.parametrize("settings, fixes", [
-    (dict(batch=6, grad_accum=2), ["--gradient-checkpointing", "--batch 3 --grad-accum 4 (the same 12 samples a "
-                                   "step, drawn in 4 passes)", "--precision bf16", "--resolution 384"]),
+    (dict(batch=6, grad_accum=2), ["gradient_checkpointing=True", "batch=3, grad_accum=4 (the same 12 samples a "
+                                   "step, drawn in 4 passes)", "precision='bf16'", "resolution=384"]),
     (dict(batch=1, gradient_checkpointing=True, resolution=1024),
-     ["--precision bf16", "--resolution 768"]),
+     ["precision='bf16'", "resolution=768"]),
 ])
 def test_the_fixes_are_those_the_run_can_take(settings, fixes, images, tmp_path):
     where = _Where(config(images, tmp_path, **settings), torch.float32, stage="step", step=7,
                    resolution=settings.get("resolution", 512))
     message = str(_memory_error(where, torch.device("cpu"), torch.OutOfMemoryError("")))
     listed = message.split("least: ", 1)[1].split(". ", 1)[0].split("; ")
-    assert [fix.split(" (")[0] if fix.startswith("--gradient") or fix.startswith("--res") else fix
+    assert [fix.split(" (")[0] if fix.startswith("gradient") or fix.startswith("res") else fix
             for fix in listed] == fixes
-    assert ("--gradient-checkpointing)" in message) == bool(settings.get("gradient_checkpointing"))
+    assert ("gradient_checkpointing=True)" in message) == bool(settings.get("gradient_checkpointing"))
 
 
 def test_a_cuda_device_says_its_size_and_the_peak(monkeypatch):
@@ -211,7 +211,53 @@ def test_the_command_line_says_it_in_one_line(sd1_dir, images, tmp_path, monkeyp
     assert len(lines) == 1 and "Traceback" not in err
     assert lines[0].startswith("textinv train: error: out of memory on cpu in training step 3 (batch 2, 16x16, fp32)")
     assert lines[0].endswith("--overwrite, or in another --out")
+    assert f"textinv train --out {out} --resume continues it with --gradient-checkpointing, " in lines[0]
+    assert "--batch 1 --grad-accum 2 (the same 2 samples" in lines[0]
     assert cli.main(["train", "--out", str(out), "--resume", "--gradient-checkpointing"]) == 0
+
+
+@pytest.mark.parametrize("on_command_line, step, load", [
+    (True, "(batch 2, 16x16, fp32, --cuda-graphs). Settings that need less memory, from the one that changes the "
+           "result least: no --cuda-graphs (the same result, slower at small batches); --gradient-checkpointing (the "
+           "same result, about a third slower); --batch 1 --grad-accum 2 (the same 2 samples a step, drawn in 2 "
+           "passes); --precision bf16; --resolution 8 (the pictures are learned at that size). The run is saved at "
+           "step 3: textinv train --out '{out}' --resume continues it with no --cuda-graphs or "
+           "--gradient-checkpointing, which change nothing that is learned; the other settings change what is "
+           "learned: they start the run again with --overwrite, or in another --out",
+     "--precision bf16. Nothing was written: --out {out} is left as it was"),
+    (False, "(batch 2, 16x16, fp32, cuda_graphs=True). Settings that need less memory, from the one that changes the "
+            "result least: cuda_graphs=False (the same result, slower at small batches); gradient_checkpointing=True "
+            "(the same result, about a third slower); batch=1, grad_accum=2 (the same 2 samples a step, drawn in 2 "
+            "passes); precision='bf16'; resolution=8 (the pictures are learned at that size). The run is saved at "
+            "step 3: out='{out}', resume=True, overwrite=False continues it with cuda_graphs=False or "
+            "gradient_checkpointing=True, which change nothing that is learned; the other settings change what is "
+            "learned: they start the run again with overwrite=True, or in another out=",
+     "precision='bf16'. Nothing was written: out='{out}' is left as it was"),
+])
+def test_the_message_names_each_setting_as_its_user_gives_it(on_command_line, step, load, images, tmp_path):
+    """On the command line its flags, and the command that resumes the run (the folder quoted for the shell); from
+    Python its keywords, and the settings that resume it (a config's overwrite=True turned off: the two contradict
+    each other)."""
+    out = tmp_path / "my run"
+    run = config(images, out, batch=2, cuda_graphs=True, overwrite=True)
+    token = ON_COMMAND_LINE.set(on_command_line)
+    try:
+        stepping = _memory_error(_Where(run, torch.float32, stage="step", step=4, resolution=16, saved=3,
+                                        writing=True), torch.device("cpu"), torch.OutOfMemoryError(""))
+        loading = _memory_error(_Where(run, torch.float32), torch.device("cpu"), torch.OutOfMemoryError(""))
+    finally:
+        ON_COMMAND_LINE.reset(token)
+    assert str(stepping) == "out of memory on cpu in training step 4 " + step.format(out=out)
+    assert str(loading) == "out of memory on cpu loading the model (fp32). Settings that need less memory, from the " \
+                           "one that changes the result least: " + load.format(out=out)
+
+
+def test_from_python_a_run_resumed_or_started_goes_on_as_given():
+    """resume_or_start=True is refused beside resume=True: the settings that resume it turn it off."""
+    from textinv.config import TrainConfig
+
+    assert train_memory._resume(TrainConfig(out="runs/dog", resume_or_start=True)) == \
+        "out='runs/dog', resume=True, resume_or_start=False"
 
 
 def test_out_of_memory_while_drawing_says_the_batch_and_what_was_written(sd1_dir, tmp_path, monkeypatch, capsys):
@@ -227,8 +273,8 @@ def test_out_of_memory_while_drawing_says_the_batch_and_what_was_written(sd1_dir
     undo()
     assert str(info.value) == (
         "out of memory on cpu drawing 2 pictures at once at 16x16 (fp32): torch tried to allocate 2.00 GiB more. "
-        "Settings that need less memory, from the one that changes the pictures least: --batch-size 1 (the same "
-        "pictures, up to float rounding); --precision fp16; --resolution 8 (other pictures). Pictures written before "
+        "Settings that need less memory, from the one that changes the pictures least: batch_size=1 (the same "
+        "pictures, up to float rounding); precision='fp16'; resolution=8 (other pictures). Pictures written before "
         f"it: 2, in {out}")
     assert seen[-1]() is None and info.value.__context__ is None
     assert len(list(out.glob("*.png"))) == 2 and not list(out.glob(".*.tmp"))
@@ -247,9 +293,9 @@ def test_out_of_memory_while_drawing_says_the_batch_and_what_was_written(sd1_dir
 
 
 @pytest.mark.parametrize("call, said, fixes", [
-    (1, "2 of its 3 prompts at once at 16x16", "fewer --sample-prompts (the grid draws these 2 at once); "
-                                                "--sample-every 0 (no grids)"),
-    (3, "1 of its 3 prompts at once at 24x8", "--sample-every 0 (no grids)"),
+    (1, "2 of its 3 prompts at once at 16x16", "fewer sample_prompts= (the grid draws these 2 at once); "
+                                                "sample_every=0 (no grids)"),
+    (3, "1 of its 3 prompts at once at 24x8", "sample_every=0 (no grids)"),
 ])
 def test_out_of_memory_in_a_grid_with_a_prompts_files_options_counts_the_pictures_drawn_at_once(
         call, said, fixes, sd1_dir, images, tmp_path, monkeypatch):
@@ -442,15 +488,15 @@ def test_out_of_memory_in_a_step_on_a_gpu_says_which_batch_fits_worked_out_for_t
     assert not model.unet.training and not model.unet.is_gradient_checkpointing
     assert model.text_encoder.get_input_embeddings() is table and len(model.tokenizer) == table.num_embeddings
     assert torch.nn.functional.scaled_dot_product_attention is attention
-    assert "--batch 2 --grad-accum 4 (the same 8 samples a step, drawn in 4 passes)" in message  # (not 4 x 2)
+    assert "batch=2, grad_accum=4 (the same 8 samples a step, drawn in 4 passes)" in message  # (not 4 x 2)
     worked = f"Worked out for this model ({side}x{side}, bf16): the room this GPU has takes 3 samples at once"
     if checkpointing:
         assert worked + ". Nothing was written" in message
     else:  # the figure said is the edge: it fits and one more does not (the step grows with the batch)
-        said = re.search(re.escape(worked) + r", (\d+) with --gradient-checkpointing\. ", message)
+        said = re.search(re.escape(worked) + r", (\d+) with gradient_checkpointing=True\. ", message)
         kept = int(said.group(1)) if said else 0
         assert kept > 3 and needs(kept, True) * RESERVE <= room < needs(kept + 1, True) * RESERVE, message
-        assert f"{worked}, {kept} with --gradient-checkpointing. " in message
+        assert f"{worked}, {kept} with gradient_checkpointing=True. " in message
 
 
 def test_the_worked_out_batch_of_several_concepts_says_the_batch_per_concept(sd1_dir, images, tmp_path, monkeypatch):
@@ -474,12 +520,12 @@ def test_the_worked_out_batch_of_several_concepts_says_the_batch_per_concept(sd1
     where = _Where(run, torch.float32, stage="step", step=5, resolution=side, model=model)
     message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
     assert "(batch 4 per concept x 2 concepts x grad-accum 2, " in message
-    assert "--batch 2 --grad-accum 4 (the same 8 samples a step, drawn in 4 passes)" in message
-    said = re.search(r"(\d+) with --gradient-checkpointing \(--batch", message)  # (the edge: it fits, one more not)
+    assert "batch=2, grad_accum=4 (the same 8 samples a step, drawn in 4 passes)" in message
+    said = re.search(r"(\d+) with gradient_checkpointing=True \(batch=", message)  # (the edge: it fits, one more not)
     kept = int(said.group(1)) if said else 0
     assert kept >= 5 and needs(kept, True) * RESERVE <= room < needs(kept + 1, True) * RESERVE, message
-    assert (f"the room this GPU has takes 5 samples at once (--batch 2 for its 2 concepts), {kept} with "
-            f"--gradient-checkpointing (--batch {kept // 2}). ") in message
+    assert (f"the room this GPU has takes 5 samples at once (batch=2 for its 2 concepts), {kept} with "
+            f"gradient_checkpointing=True (batch={kept // 2}). ") in message
 
 
 def test_the_worked_out_batch_counts_what_the_run_held_as_its_steps_began(sd1_dir, images, tmp_path, monkeypatch):
@@ -505,7 +551,7 @@ def test_the_worked_out_batch_is_left_out_where_it_cannot_explain_the_failure(sd
     where = _Where(config(images, tmp_path, batch=8), torch.float32, stage="step", step=5,
                    resolution=model.resolution, model=model)
     roomy = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
-    assert "Worked out" not in roomy and "--batch 4 --grad-accum 2" in roomy
+    assert "Worked out" not in roomy and "batch=4, grad_accum=2" in roomy
     _fake_cuda(monkeypatch, free=1, reserved=0, allocated=0)
     monkeypatch.setattr(train_memory, "meta_twin", lambda *a: 1 / 0)  # (a model it cannot rebuild: the plain message)
     assert str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY))) == roomy
@@ -562,9 +608,9 @@ def test_a_run_hands_its_model_and_size_to_the_worked_out_batch(sd1_dir, images,
     with pytest.raises(DeviceMemoryError) as info:
         train(config(images, tmp_path / "run", batch=4), model=model, progress=False)
     assert asked == [(model, model.resolution, 1, 123_456, 4)]
-    assert "takes 1 sample at once, 5 with --gradient-checkpointing. The run is saved at step 1" in \
+    assert "takes 1 sample at once, 5 with gradient_checkpointing=True. The run is saved at step 1" in \
         str(info.value)
-    assert "--batch 1 --grad-accum 4" in str(info.value)
+    assert "batch=1, grad_accum=4" in str(info.value)
 
 
 @pytest.mark.parametrize("arch, size", [("sd1", None), ("sd2", None), ("sdxl", None), ("sdxl", (24, 16))])
@@ -645,7 +691,7 @@ def test_the_worked_out_batch_keeps_within_the_part_of_the_gpu_the_process_may_u
     where = _Where(config(images, tmp_path, batch=8), torch.float32, stage="step", step=5,
                    resolution=model.resolution, model=model)
     message = str(_memory_error(where, torch.device("cuda"), torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)))
-    assert "the room this GPU has takes 3 samples at once" in message and "--batch 2 --grad-accum 4" in message
+    assert "the room this GPU has takes 3 samples at once" in message and "batch=2, grad_accum=4" in message
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -740,8 +786,8 @@ def test_out_of_memory_at_a_width_by_height_says_that_size_and_a_smaller_one(ima
     where = _Where(run, torch.float32, stage="step", step=7, resolution=(512, 768))
     message = str(_memory_error(where, torch.device("cpu"), torch.OutOfMemoryError("")))
     assert message.startswith("out of memory on cpu in training step 7 (batch 1, 512x768, fp32, "
-                              "--gradient-checkpointing). ")
-    assert "--precision bf16; --resolution 384x576 (the pictures are learned at that size)." in message
+                              "gradient_checkpointing=True). ")
+    assert "precision='bf16'; resolution='384x576' (the pictures are learned at that size)." in message
     where.stage = "latents"
     assert "(the VAE encoding them at 512x768, fp32)" in str(_memory_error(where, torch.device("cpu"),
                                                                             torch.OutOfMemoryError("")))
@@ -777,4 +823,4 @@ def test_a_width_by_height_run_hands_its_size_to_the_worked_out_batch(sd1_dir, i
         train(config(images, tmp_path / "run", batch=4, resolution="24x16"), model=model, progress=False)
     assert asked == [(24, 16)]
     assert "in training step 2 (batch 4, 24x16, fp32)" in str(info.value)
-    assert "--resolution 16x8 (the pictures are learned at that size)" in str(info.value)
+    assert "resolution='16x8' (the pictures are learned at that size)" in str(info.value)

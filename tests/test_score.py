@@ -151,8 +151,8 @@ def test_running_out_of_memory_while_drawing_says_so_and_keeps_the_last_report(r
     undo()
     assert str(info.value) == (
         "out of memory on cpu drawing the report's pictures (3 at once at 16x16): torch tried to allocate 2.00 GiB "
-        "more. Settings that need less memory, from the one that changes the scores least: --precision fp16; "
-        f"--resolution 8 (other pictures, and scores not comparable with a report at 16). No report was written; "
+        "more. Settings that need less memory, from the one that changes the scores least: precision='fp16'; "
+        f"resolution=8 (other pictures, and scores not comparable with a report at 16). No report was written; "
         f"{out} is left as it was")
     assert seen[-1]() is None and (out / "scores.json").read_text() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]

@@ -910,8 +910,8 @@ def test_running_out_of_memory_as_the_model_loads_is_said_as_generate_says_it(tm
         raise torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
 
     monkeypatch.setattr(generate_module, "load_model", fails)
-    with pytest.raises(DeviceMemoryError, match=r"^out of memory on cpu loading the model \(fp32\): .*--precision "
-                                                r"fp16"):
+    with pytest.raises(DeviceMemoryError, match=r"^out of memory on cpu loading the model \(fp32\): .*precision="
+                                                r"'fp16'"):
         generate(_config(tmp_path, x="steps=1,2"), progress=False)
 
 

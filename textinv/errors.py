@@ -52,7 +52,8 @@ class DeviceMemoryError(TextinvError):
 # whether the command line runs this (`cli.main` sets it): a refusal then names a setting by its flag, and from Python
 # by its keyword, as each user wrote it (`setting`, `given`: the checks ask them, so that each check reads the same
 # from both; only wording the two forms cannot share reads this itself: a shell-quoted path to paste, run_folder's
-# `_new_run_from`, and the variant and --to notes of run_folder and formats)
+# `_new_run_from`, the variant and --to notes of run_folder and formats, and train_memory's resume, settings given
+# together and switch turned off)
 ON_COMMAND_LINE = contextvars.ContextVar("textinv_on_command_line", default=False)
 
 

@@ -826,18 +826,19 @@ class _Where:
 
 
 def _memory_error(where: _Where, error: BaseException):
-    """The `DeviceMemoryError` for running out of memory at `where`, with the settings that need less there, the one
-    that changes the pictures least first."""
+    """The `DeviceMemoryError` for running out of memory at `where`, with the settings that need less there (as its
+    user writes them: `errors.setting`), the one that changes the pictures least first."""
     precision = precision_name(where.dtype)
     mps = where.device is not None and where.device.type == "mps"
-    half = ["--precision fp16" + (" (on MPS it can draw black pictures)" if mps else "")] \
+    half = [setting("precision", "fp16") + (" (on MPS it can draw black pictures)" if mps else "")] \
         if where.dtype == torch.float32 else []
     if not where.batch:  # (a model passed in was not loaded here: installing what the prompts name ran out)
         return memory_error(where.device or "cpu", f"{where.installing or 'loading the model'} ({precision})", half,
                             error=error, changes="the pictures")
-    fixes = [f"--batch-size {where.batch // 2} (the same pictures, up to float rounding)"] * (where.batch > 1) + half
-    fixes.append(f"--resolution {smaller_side(where.width)} (other pictures)" if where.width == where.height else
-                 "a smaller --width and --height (other pictures)")
+    fixes = [f"{setting('batch_size', where.batch // 2)} (the same pictures, up to float rounding)"] * \
+        (where.batch > 1) + half
+    fixes.append(f"{setting('resolution', smaller_side(where.width))} (other pictures)" if where.width == where.height
+                 else f"a smaller {setting('width')} and {setting('height')} (other pictures)")
     kept = f"Pictures written before it: {where.written}, in {where.out}" if where.written else "No picture was written"
     return memory_error(where.device or "cpu", f"drawing {where.batch} picture{'s' * (where.batch != 1)} at once at "
                         f"{where.width}x{where.height} ({precision})", fixes, kept, error, changes="the pictures")

@@ -551,11 +551,12 @@ class _Where:
 
 
 def _memory_error(where: _Where, error: BaseException):
-    """The `DeviceMemoryError` for running out of memory at `where`, with the settings that need less there."""
-    fixes = ["--precision fp16"] if where.dtype == torch.float32 else []
+    """The `DeviceMemoryError` for running out of memory at `where`, with the settings that need less there (as its
+    user writes them: `errors.setting`)."""
+    fixes = [setting("precision", "fp16")] if where.dtype == torch.float32 else []
     if where.size:
-        fixes.append(f"--resolution {smaller_side(max(where.size))} (other pictures, and scores not comparable with "
-                     f"a report at {_size_text(where.size)})")
+        fixes.append(f"{setting('resolution', smaller_side(max(where.size)))} (other pictures, and scores not "
+                     f"comparable with a report at {_size_text(where.size)})")
     return memory_error(where.device or "cpu", where.doing, fixes, f"No report was written; {where.out} is left as "
                         f"it was", error, changes="the scores")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
+from .errors import ON_COMMAND_LINE, setting
 from .memory import WORKSPACE, largest_batch, memory_error, meta_twin, sides, smaller_size, step_bytes
 from .models import Model, precision_name
 from .run_folder import checkpoints
@@ -50,11 +51,14 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
     size = "x".join(map(str, sides(where.resolution))) if where.resolution else "its size"
     size = f"about {size}" if config.buckets else size
     precision = precision_name(where.dtype)
-    # each fix: its flags, what it does, and whether a --resume may take it (it changes nothing that is learned)
+    # each fix: its settings (as its user writes them: `errors.setting`), what it does, and whether a --resume may take
+    # it (it changes nothing that is learned)
     half = "fp16" if device.type == "mps" or device.type == "cuda" and not torch.cuda.is_bf16_supported() else "bf16"
-    fixes = [(f"--precision {half}", "", False)] if where.dtype == torch.float32 else []
+    fixes = [(setting("precision", half), "", False)] if where.dtype == torch.float32 else []
     if where.resolution and where.stage != "load":
-        fixes.append((f"--resolution {smaller_size(where.resolution)}", "the pictures are learned at that size", False))
+        smaller = smaller_size(where.resolution)  # (a square's side a number, as Python gives it: resolution=384)
+        fixes.append((setting("resolution", int(smaller) if smaller.isdigit() else smaller),
+                      "the pictures are learned at that size", False))
     fit = None
     if where.stage == "load":
         doing = f"loading the model ({precision})"
@@ -72,7 +76,7 @@ def _memory_error(where: _Where, device: torch.device, error: BaseException):
 
 
 def _grid_out_of_memory(where: _Where) -> tuple[str, list[tuple[str, str, bool]]]:
-    """`_memory_error` drawing a sample grid: what was drawn, and the fixes (each its flags, what it does, and
+    """`_memory_error` drawing a sample grid: what was drawn, and the fixes (each its settings, what it does, and
     whether a --resume may take it)."""
     # the pictures drawn at once: all the grid's, or with a sample prompts file's options those of one set of
     # settings, at their own size (the grid's is the training size, never "about" it)
@@ -82,10 +86,10 @@ def _grid_out_of_memory(where: _Where) -> tuple[str, list[tuple[str, str, bool]]
     held = (f"{n} prompt{'s' * (n > 1)}" if n == where.prompts else
             f"{n} of its {where.prompts} prompts at once")
     doing = f"drawing the sample grid of step {where.step} ({held} at {drawn})"
-    fixes = [("fewer --sample-prompts", f"the grid draws {'its' if n == where.prompts else 'these'} {n} at once",
-              True)] * (n > 1) + [("--sample-every 0", "no grids", True)]
+    fixes = [(f"fewer {setting('sample_prompts')}", f"the grid draws {'its' if n == where.prompts else 'these'} {n} "
+              f"at once", True)] * (n > 1) + [(setting("sample_every", 0), "no grids", True)]
     if where.config.cuda_graphs:  # (the captured step's memory stays reserved while the grid is drawn)
-        fixes.append(("no --cuda-graphs", "the training step's memory is then free for the grid", True))
+        fixes.append((_off("cuda_graphs"), "the training step's memory is then free for the grid", True))
     return doing, fixes
 
 
@@ -100,18 +104,18 @@ def _step_out_of_memory(where: _Where, device: torch.device, size: str, precisio
     batch = f"batch {config.batch}" + (f" per concept x {concepts} concepts" if concepts > 1 else "") + \
         (f" x grad-accum {config.grad_accum}" if config.grad_accum > 1 else "")
     doing = f"in training step {where.step} ({batch}, {size}, {precision}" + \
-        (", --gradient-checkpointing" if config.gradient_checkpointing else "") + \
-        (", --cuda-graphs)" if config.cuda_graphs else ")")
+        (f", {setting('gradient_checkpointing', True)}" if config.gradient_checkpointing else "") + \
+        (f", {setting('cuda_graphs', True)})" if config.cuda_graphs else ")")
     if config.batch > 1:  # the largest batch that divides it: the same samples a step, in more passes
         part = next(d for d in range(config.batch // 2, 0, -1) if config.batch % d == 0)
         if fit and fit[0] >= concepts:  # (the largest such batch worked out to fit)
             part = next(d for d in range(part, 0, -1) if config.batch % d == 0 and d * concepts <= fit[0])
-        fixes.insert(0, (f"--batch {part} --grad-accum {per_step // part}",
+        fixes.insert(0, (_together(setting("batch", part), setting("grad_accum", per_step // part)),
                          f"the same {per_step} samples a step, drawn in {per_step // part} passes", False))
     if not config.gradient_checkpointing:
-        fixes.insert(0, ("--gradient-checkpointing", "the same result, about a third slower", True))
+        fixes.insert(0, (setting("gradient_checkpointing", True), "the same result, about a third slower", True))
     if config.cuda_graphs:  # (a captured step keeps a pool of its own for the whole run)
-        fixes.insert(0, ("no --cuda-graphs", "the same result, slower at small batches", True))
+        fixes.insert(0, (_off("cuda_graphs"), "the same result, slower at small batches", True))
     return doing, fit
 
 
@@ -119,26 +123,48 @@ def _how_the_run_goes_on(where: _Where, fixes: list[tuple[str, str, bool]]) -> s
     """`_memory_error`'s last sentence: what is saved of the run (nothing, or its last checkpoint), and which of
     `fixes` a --resume may take."""
     config = where.config
-    out = shlex.quote(str(config.out))
+    resume = _resume(config)
     resumable = [flags for flags, _, ok in fixes if ok]
     at = where.saved
     if at is None and where.writing and checkpoints(Path(config.out)):  # (saving was cut short: the last on disk)
         at = int(checkpoints(Path(config.out))[-1].stem.rsplit("-", 1)[1])
     if not where.writing:  # (before config.yaml: an --overwrite had not cleared the old run yet either)
-        after = f"Nothing was written: --out {config.out} is left as it was"
+        after = f"Nothing was written: {setting('out', config.out)} is left as it was"
     elif not at:
-        after = "No step had finished: run it again with one of them and --overwrite"
+        after = f"No step had finished: run it again with one of them and {setting('overwrite', True)}"
     elif at == config.steps:  # (the last step's grid)
         after = f"The run had finished: its embedding and checkpoint of step {at} are saved; only the grid is missing"
     elif resumable:
-        after = (f"The run is saved at step {at}: textinv train --out {out} --resume continues it with "
+        after = (f"The run is saved at step {at}: {resume} continues it with "
                  f"{' or '.join(resumable)}, which change{'s' * (len(resumable) == 1)} nothing that is learned")
     else:
-        after = f"The run is saved at step {at} (textinv train --out {out} --resume continues it as it was)"
+        after = f"The run is saved at step {at} ({resume} continues it as it was)"
     if where.writing and at and len(resumable) < len(fixes):
         after += f"; {'the other settings' if resumable else 'these settings'} change what is learned: they start " \
-                 f"the run again with --overwrite, or in another --out"
+                 f"the run again with {setting('overwrite', True)}, or in another {setting('out')}"
     return after
+
+
+def _resume(config: TrainConfig) -> str:
+    """How the run in `config.out` goes on, as its user gives it: the command to paste on the command line (the
+    folder quoted for the shell), the settings to give from Python (a config's `overwrite=True` or
+    `resume_or_start=True` turned off: either is refused beside `resume=True`)."""
+    if ON_COMMAND_LINE.get():
+        return f"textinv train --out {shlex.quote(str(config.out))} --resume"
+    turned_off = [setting(name, False) for name in ("overwrite", "resume_or_start") if getattr(config, name)]
+    return ", ".join([setting("out", config.out), setting("resume", True), *turned_off])
+
+
+def _together(*said: str) -> str:
+    """Settings given together, as their user writes them: flags one after another on the command line
+    (`--batch 2 --grad-accum 2`), keywords separated by commas from Python (`batch=2, grad_accum=2`)."""
+    return (" " if ON_COMMAND_LINE.get() else ", ").join(said)
+
+
+def _off(name: str) -> str:
+    """Switch `name`, on in the run, turned off as its user does it: its flag left out on the command line (`no
+    --cuda-graphs`: a switch off by default has no --no- flag), `cuda_graphs=False` from Python."""
+    return f"no {setting(name)}" if ON_COMMAND_LINE.get() else setting(name, False)
 
 
 def _what_fits(config: TrainConfig, fit: tuple[int, int], size: str, precision: str) -> str:
@@ -151,14 +177,15 @@ def _what_fits(config: TrainConfig, fit: tuple[int, int], size: str, precision: 
             return ""
         if n < concepts:
             return " (not one per concept)"
-        return f" (--batch {n // concepts} for its {concepts} concepts)" if first else f" (--batch {n // concepts})"
+        batch = setting("batch", n // concepts)
+        return f" ({batch} for its {concepts} concepts)" if first else f" ({batch})"
 
     plain, kept = fit
     worked = (f"Worked out for this model ({size}, {precision}): the room this GPU has takes "
               + (f"{plain} sample{'s' * (plain != 1)} at once" if plain else "not one sample")
               + per_concept(plain, True))
     if not config.gradient_checkpointing:
-        worked += f", {kept or 'not one'} with --gradient-checkpointing{per_concept(kept, False)}"
+        worked += f", {kept or 'not one'} with {setting('gradient_checkpointing', True)}{per_concept(kept, False)}"
     return worked
 
 
