@@ -559,7 +559,7 @@ def test_warnings_raised_inside_generate_merge_and_a_plot_name_the_line_that_cal
         merge(MergeConfig(out=str(tmp_path / "m.pt"), token="<m>", terms=[str(xl)]), model=model)
         generate(GenerateConfig(**drawing, x="steps=1,2"), model=model, progress=False)
     messages = "\n".join(str(w.message) for w in said)
-    for what in ("is in no --prompt", "has 80 vectors", "only its clip_l half"):
+    for what in ("is in no prompt= or negative_prompt=", "has 80 vectors", "only its clip_l half"):
         assert what in messages, what
     assert [(w.filename, w.lineno) for w in said if w.filename != __file__] == []
 

@@ -80,7 +80,7 @@ def _config(tmp_path, **settings):
     ({"x": "steps=0,2"}, r"x='steps=0': steps= must be >= 1, got 0"),
     ({"x": "denoise=0.3,0.6"}, r"x='denoise=0.3': denoise= says how much of a picture is redrawn"),
     ({"x": "size=16x17"}, r"x='size=16x17': height= must be a multiple of 8"),
-    ({"x": "prompt-sr=cat,dog"}, r"the first value 'cat' is in no --prompt or --negative-prompt"),
+    ({"x": "prompt-sr=cat,dog"}, r"the first value 'cat' is in no prompt= or negative_prompt="),
     ({"x": "steps=1,2", "z": "steps=3"}, r"x= and z= both vary steps"),
     ({"x": "steps=1,2", "xyz_margin": -2}, r"xyz_margin= must be 0 to 500 pixels .*, got -2"),
     ({"x": "steps=1,2", "xyz_margin": 100_000}, r"xyz_margin= must be 0 to 500 pixels .*, got 100000"),
@@ -120,6 +120,8 @@ def test_bad_axes_are_refused_before_the_model_loads(tmp_path, no_model, setting
     (["--x", "guidance"], "--x 'guidance': write AXIS=VALUES, e.g. --x guidance=3,7.5,12 (axes: "),
     (["--x", "steps=0,2"], "--x steps=0: --steps must be >= 1, got 0"),
     (["--x", "steps=1,2", "--z", "steps=3"], "--x and --z both vary steps"),
+    (["--x", "prompt-sr=cat,dog"], "--x 'prompt-sr=cat,dog': the first value 'cat' is in no --prompt or "
+                                   "--negative-prompt;"),
     (["--x", "guidance=3,7", "--y", "prompt-sr=dog,{cat"], "--y prompt-sr={cat: "),
 ])
 def test_the_command_line_names_an_axis_by_its_flag(tmp_path, no_model, capsys, axes, said):
@@ -225,7 +227,7 @@ def test_embedding_axis_files_that_are_no_embedding_or_hold_other_tokens_are_ref
         generate(_config(tmp_path, x=f"embedding={a},{junk}", **prompt), progress=False)
     with pytest.raises(ConfigError, match=r"hold different tokens \(<q> in a.safetensors, <w> in b.safetensors\)"):
         generate(_config(tmp_path, x=f"embedding={a},{b}", **prompt), progress=False)
-    with pytest.raises(ConfigError, match=r"their token '<w>' is in no --prompt"):
+    with pytest.raises(ConfigError, match=r"their token '<w>' is in no prompt="):
         generate(_config(tmp_path, x=f"embedding={b}", **prompt), progress=False)
     with pytest.raises(ConfigError, match=r"matches no file"):
         generate(_config(tmp_path, x=f"embedding={tmp_path}/none-*.pt", **prompt), progress=False)
@@ -652,7 +654,7 @@ def test_prompt_search_and_replace_replaces_in_the_clip_l_prompts_too(tmp_path, 
         (["a photo of dog"], "a dog", "a dog, dark"), (["a photo of cat"], "a cat", "a cat, dark")]
     cells = xyz.plan(_config(tmp_path, x="prompt-sr=dark,bright", **comfy)).cells
     assert [c.negative_prompt_l for c in cells] == ["a dog, dark", "a dog, bright"]
-    with pytest.raises(ConfigError, match=r"'cat' is in no --prompt or --negative-prompt \(nor --prompt-l or "):
+    with pytest.raises(ConfigError, match=r"'cat' is in no prompt= or negative_prompt= \(nor prompt_l= or "):
         xyz.plan(_config(tmp_path, x="prompt-sr=cat,bird", **comfy))
 
 
@@ -754,9 +756,9 @@ def test_an_axis_whose_place_among_the_embeddings_given_is_unsaid_is_refused(tmp
     """Two --embedding files that each hold the axis's token: which one each file of the axis replaces is unsaid."""
     a, b, c = (save_embedding(LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}),
                               tmp_path / f"{name}.safetensors")[0] for name in "abc")
-    with pytest.raises(ConfigError, match=r"--embedding \S+a.safetensors and \S+b.safetensors are each the axis's "
+    with pytest.raises(ConfigError, match=r"embedding= \S+a.safetensors and \S+b.safetensors are each the axis's "
                                           r"\(one of its files, or holding one of their tokens <q>\), .* leave out "
-                                          r"all but one of them, or give the others a --token of their own"):
+                                          r"all but one of them, or give the others a token= of their own"):
         generate(_config(tmp_path, prompt=["a photo of <q>"], embedding=[str(a), str(b)], x=f"embedding={a},{c}"),
                  progress=False)
 
@@ -824,7 +826,7 @@ def test_step_files_whose_token_is_unsaid_are_refused(tmp_path, no_model):
                              x=f"embedding={dog},{dog2}")).cells
     assert [(c.embedding, c.token) for c in cells] == [([str(dog), str(cat)], ["my-dog", "cat-500"]),
                                                        ([str(dog2), str(cat)], ["my-dog", "cat-500"])]
-    with pytest.raises(ConfigError, match=r"\S+/e50 is no file textinv reads alone .* one --token per --embedding, "
+    with pytest.raises(ConfigError, match=r"\S+/e50 is no file textinv reads alone .* one token= per embedding=, "
                                           r"my-dog for the axis's"):
         generate(_config(tmp_path, prompt=["my-dog"], embedding=[str(tmp_path / "e50")], x=f"embedding={dog},{dog2}"),
                  progress=False)

@@ -899,8 +899,8 @@ def checked_settings(config: GenerateConfig) -> Checked:
             raise TokenError(_clash(emb.token, path, seen[emb.token], config.embedding))
         seen[emb.token] = str(path)
         if emb.token.lower() not in said:  # a typo in the prompt would leave the embedding silently unused
-            warn(f"{emb.token!r} (from {path}) is in no --prompt or --negative-prompt; write it in the prompt "
-                 f"where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
+            warn(f"{emb.token!r} (from {path}) is in no {setting('prompt')} or {setting('negative_prompt')}; write it "
+                 f"in the prompt where the concept goes, e.g. 'a photo of {emb.token}'", stacklevel=2)
     loras = lora_files([tag for prompt in [job.prompt for job in jobs] + [config.hires_prompt or ""]
                         for tag in emphasis.lora_tags(prompt)[1]], config.lora_dir)
     stand_ins: dict[str, tuple[LearnedEmbedding, str, str]] = {}

@@ -263,10 +263,10 @@ def _search_replace(items: list[str], config: GenerateConfig) -> list[str]:
     first = items[0]
     clip_l = [t for t in (config.prompt_l, config.negative_prompt_l) if t is not None]
     if not any(first in text for text in config.prompt + [config.negative_prompt] + clip_l):
-        raise ValueError(f"the first value {first!r} is in no --prompt or --negative-prompt"
-                         f"{' (nor --prompt-l or --negative-prompt-l)' if clip_l else ''}; Prompt S/R searches for "
-                         f"the first value and replaces it by each value in turn, so begin with words of the prompt, "
-                         f"e.g. prompt-sr=<dog>,<cat>")
+        nor = f" (nor {setting('prompt_l')} or {setting('negative_prompt_l')})" if clip_l else ""
+        raise ValueError(f"the first value {first!r} is in no {setting('prompt')} or {setting('negative_prompt')}"
+                         f"{nor}; Prompt S/R searches for the first value and replaces it by each value in turn, so "
+                         f"begin with words of the prompt, e.g. prompt-sr=<dog>,<cat>")
     return items
 
 
@@ -333,19 +333,21 @@ def embedding_values(items: list[str], config: GenerateConfig) -> list[AxisFile]
     else:
         token, renamed = _shared_token(own, said)
     if token.lower() not in said:
-        beside = (" (no --embedding is the axis's: none is one of its files or holds its token, so each is loaded "
-                  "beside them)" if config.embedding and slot is None else "")
-        raise ValueError(f"their token {token!r} is in no --prompt, --negative-prompt or hires prompt, so no cell "
-                         f"would draw them{beside}; write it in the prompt, e.g. 'a photo of {token}'")
+        beside = (f" (no {setting('embedding')} is the axis's: none is one of its files or holds its token, so each "
+                  f"is loaded beside them)" if config.embedding and slot is None else "")
+        raise ValueError(f"their token {token!r} is in no {setting('prompt')}, {setting('negative_prompt')} or hires "
+                         f"prompt, so no cell would draw them{beside}; write it in the prompt, e.g. 'a photo of "
+                         f"{token}'")
     if not renamed and not (config.token and slot is None):
         return [AxisFile(f, slot) for f in files]  # (each loaded under its own token, or the command's --token)
     tokens = given + [token] if slot is None else [token if i == slot else t for i, t in enumerate(given)]
     if None in tokens:  # (the run's name is the axis's --token, so every --embedding needs one)
         unread = config.embedding[tokens.index(None)]
-        raise ValueError(f"the files are drawn as {token!r} (their run's name), so each --embedding needs its "
-                         f"--token, and {unread} is no file textinv reads alone (a folder or a hub id, which takes "
-                         f"none): give the embeddings it holds that you need as files, each its own --embedding, and "
-                         f"one --token per --embedding, {token} for the axis's")
+        embedding, one = setting("embedding"), setting("token")
+        raise ValueError(f"the files are drawn as {token!r} (their run's name), so each {embedding} needs its {one}, "
+                         f"and {unread} is no file textinv reads alone (a folder or a hub id, which takes none): give "
+                         f"the embeddings it holds that you need as files, each its own {embedding}, and one {one} per "
+                         f"{embedding}, {token} for the axis's")
     return [AxisFile(f, slot, tuple(tokens)) for f in files]
 
 
@@ -359,9 +361,10 @@ def _axis_slot(own: dict[str, str], config: GenerateConfig, given: list[str | No
              if Path(entry).expanduser().resolve() in axis_files or token in names]
     if len(found) > 1:
         both = " and ".join(config.embedding[i] for i in found[:2])
-        raise ValueError(f"--embedding {both} are each the axis's (one of its files, or holding one of their tokens "
-                         f"{', '.join(sorted(names))}), so it is unsaid which one each file of the axis takes the "
-                         f"place of: leave out all but one of them, or give the others a --token of their own")
+        raise ValueError(f"{setting('embedding')} {both} are each the axis's (one of its files, or holding one of "
+                         f"their tokens {', '.join(sorted(names))}), so it is unsaid which one each file of the axis "
+                         f"takes the place of: leave out all but one of them, or give the others a "
+                         f"{setting('token')} of their own")
     return found[0] if found else None
 
 
@@ -410,8 +413,9 @@ def _shared_token(tokens: dict[str, str], said: str) -> tuple[str, bool]:
     listed = ", ".join(f"{t} in {Path(f).name}" for f, t in tokens.items())
     if len(runs) > 1:
         raise ValueError(f"the files hold different tokens ({listed}), so one prompt cannot draw each; give the "
-                         f"--embedding they take the place of a --token NAME (with one of the files as --embedding if "
-                         f"none is given): each file of the axis is then loaded under that name")
+                         f"{setting('embedding')} they take the place of a {setting('token', 'NAME')} (with one of the "
+                         f"files as {setting('embedding')} if none is given): each file of the axis is then loaded "
+                         f"under that name")
     run = runs.pop()
     # (as words: my-dog-50 is not written in "my-dog-500")
     written = sorted(t for t in held if t != run and re.search(rf"(?<!\w){re.escape(t.lower())}(?!\w)", said))
@@ -616,8 +620,8 @@ def plan(config: GenerateConfig) -> Plan:
     seen: dict[str, str] = {}
     for a in filter(None, axes):
         if a.axis.name in seen:
-            raise ConfigError(f"{setting(seen[a.axis.name])} and {setting(a.xyz)} both vary {a.axis.name}: give each axis once (put all "
-                              f"its values on one of them)")
+            raise ConfigError(f"{setting(seen[a.axis.name])} and {setting(a.xyz)} both vary {a.axis.name}: give each "
+                              f"axis once (put all its values on one of them)")
         seen[a.axis.name] = a.xyz
     nx, ny, nz = Plan(axes, []).counts()
     if config.xyz_max_cells is None or config.xyz_max_cells < 1:
