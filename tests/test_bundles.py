@@ -315,13 +315,14 @@ def test_convert_into_lora_bundles_an_embedding_the_web_ui_way(loras, tmp_path):
     convert(xl, tmp_path / "xl.safetensors", into_lora=lora)
     assert {k for k in load_file(str(tmp_path / "xl.safetensors")) if k.startswith("bundle_emb")} == \
         {"bundle_emb.xq.clip_l", "bundle_emb.xq.clip_g"}
-    cases = [(dict(dst=out), "already exists; pass --overwrite"),
+    cases = [(dict(dst=out), "already exists; pass overwrite=True"),
              (dict(dst=tmp_path / "x.pt"), "end the name in .safetensors"),
              (dict(token="a.b"), "ends at its first dot"),
-             (dict(into_lora=out), r"bundles an embedding '<dog>' already"),
+             (dict(into_lora=out), r"^into_lora='\S+' bundles an embedding '<dog>' already: rename this one with "
+                                   r"token=$"),
              (dict(into_lora=pt), "not a readable .safetensors LoRA"),
              (dict(into_lora=tmp_path / "xq.safetensors"), "holds no LoRA's tensors"),
-             (dict(to="a1111"), "give one of them")]
+             (dict(to="a1111"), "^to='a1111' names an embedding format; into_lora= writes .* give one of them")]
     for change, message in cases:
         settings = {"dst": tmp_path / "new.safetensors", "into_lora": lora, **change}
         with pytest.raises(FormatError, match=message):
@@ -530,7 +531,7 @@ def test_into_lora_refuses_an_embedding_of_another_family_than_the_loras(loras, 
                    metadata={"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"})
     sd1 = save_embedding(LearnedEmbedding("dog", {"text_encoder": torch.randn(1, 768)}), tmp_path / "d.pt",
                          "a1111")[0]
-    with pytest.raises(FormatError, match=r"--into-lora .*xl.safetensors is a LoRA for Stable Diffusion XL.*'dog' is "
+    with pytest.raises(FormatError, match=r"^into_lora='.*xl.safetensors' is a LoRA for Stable Diffusion XL.*'dog' is "
                                           r"768 \(Stable Diffusion 1"):
         convert(sd1, tmp_path / "out.safetensors", into_lora=tmp_path / "xl.safetensors")
     assert xl is None and not (tmp_path / "out.safetensors").exists()

@@ -809,7 +809,7 @@ def test_convert_refuses_an_existing_output_unless_told_to_overwrite(tmp_path):
     (src,) = save_embedding(emb, tmp_path / "learned_embeds.safetensors")
     (kept,) = save_embedding(other, tmp_path / "cat.pt", format="a1111")
     before = kept.read_bytes()
-    with pytest.raises(FormatError, match=r"cat\.pt already exists.*--overwrite"):
+    with pytest.raises(FormatError, match=r"cat\.pt already exists; pass overwrite=True"):
         convert(src, kept)
     assert kept.read_bytes() == before
     with pytest.raises(FormatError, match="already exists"):  # a folder: the file it would get inside is checked

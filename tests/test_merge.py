@@ -400,7 +400,7 @@ def test_what_the_files_and_settings_tell_is_said_before_the_model_loads(sd1_dir
         return merge(MergeConfig(out=str(tmp_path / out), token="<m>", terms=list(terms),
                                  model=str(tmp_path / "no-such-model"), **settings))
 
-    with pytest.raises(FormatError, match=r"out/learned_embeds\.safetensors already exists; pass --overwrite"):
+    with pytest.raises(FormatError, match=r"out/learned_embeds\.safetensors already exists; pass overwrite=True"):
         merge_with(f"{a} + 'dog'", out="out")
     with pytest.raises(FormatError, match=r"the 'sdxl' format is for SDXL's two text encoders, but '<m>' has one"):
         merge_with(f"{a} + 'dog'", to="sdxl")

@@ -64,7 +64,7 @@ import torch
 
 from . import a1111_pixels, modelspec
 from .data import MAX_IMAGE_PIXELS, _open_image
-from .errors import ON_COMMAND_LINE, ConfigError, FormatError, TextinvWarning, warn
+from .errors import ON_COMMAND_LINE, ConfigError, FormatError, TextinvWarning, setting, warn
 from .families import FAMILY_NAMES, TEXT_ENCODERS, describe_widths, family_for_widths
 from .io import absolute, atomic_path
 
@@ -322,8 +322,8 @@ def check_writable(path: str | Path, format: str, token: str, widths: tuple[int,
     if not overwrite:
         for target in (file, second_file(file)) if format == "diffusers-sdxl" else (file,):
             if target.exists():
-                raise FormatError(f"{target} already exists; pass --overwrite to replace it, or choose another "
-                                  "output path")
+                raise FormatError(f"{target} already exists; pass {setting('overwrite', True)} to replace it, or "
+                                  f"choose another output path")
     return file
 
 
@@ -1201,8 +1201,8 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
     [PosixPath('/home/me/my-dog.pt')]
     """
     if into_lora is not None and to is not None:
-        raise FormatError(f"--to {to} names an embedding format; --into-lora writes the LoRA's .safetensors with the "
-                          f"embedding bundled in it: give one of them")
+        raise FormatError(f"{setting('to', to)} names an embedding format; {setting('into_lora')} writes the LoRA's "
+                          f".safetensors with the embedding bundled in it: give one of them")
     emb = load_embedding(src, token=token) if second is None else load_embedding_pair(src, second, token=token)
     if into_lora is not None:
         return [Path(absolute(bundle_into_lora(emb, into_lora, dst, overwrite=overwrite)))]
@@ -1227,31 +1227,32 @@ def bundle_into_lora(emb: LearnedEmbedding, lora: str | Path, dst: str | Path, o
     lora, dst = Path(lora), Path(dst)
     if "." in emb.token:
         raise FormatError(f"{emb.token!r}: a bundled embedding's name ends at its first dot (bundle_emb.NAME.KEY), "
-                          f"so the web UI would call it {emb.token.split('.')[0]!r}: rename it with --token")
+                          f"so the web UI would call it {emb.token.split('.')[0]!r}: rename it with {setting('token')}")
     if dst.suffix.lower() != ".safetensors":
         raise FormatError(f"{dst}: a LoRA with bundled embeddings is a .safetensors file: end the name in .safetensors")
     if dst.exists() and not overwrite:
-        raise FormatError(f"{dst} already exists; pass --overwrite to replace it, or choose another output path")
+        raise FormatError(f"{dst} already exists; pass {setting('overwrite', True)} to replace it, or choose another "
+                          f"output path")
     try:
         with safe_open(str(_local_file(lora)), framework="pt", device="cpu") as f:
             metadata, keys = dict(f.metadata() or {}), list(f.keys())
             if not any(is_lora_key(k) for k in keys):
-                raise FormatError(f"--into-lora {lora}: it holds no LoRA's tensors (e.g. "
+                raise FormatError(f"{setting('into_lora', lora)}: it holds no LoRA's tensors (e.g. "
                                   f"{sorted(keys)[0] if keys else 'none at all'!r}): give the LoRA file to bundle into")
             tensors = {key: f.get_tensor(key) for key in keys}
     except FormatError:
         raise
     except Exception as e:  # (a pickle, a damaged file)
-        raise FormatError(f"--into-lora {lora}: not a readable .safetensors LoRA ({e}); textinv bundles into "
+        raise FormatError(f"{setting('into_lora', lora)}: not a readable .safetensors LoRA ({e}); textinv bundles into "
                           f".safetensors files only") from None
     if emb.token in _bundle_names(keys):
-        raise FormatError(f"--into-lora {lora} bundles an embedding {emb.token!r} already: rename this one with "
-                          f"--token")
+        raise FormatError(f"{setting('into_lora', lora)} bundles an embedding {emb.token!r} already: rename this one "
+                          f"with {setting('token')}")
     family = modelspec.family_of(metadata)  # (the web UI skips a bundled embedding of another width than its model's)
     if family is not None and not modelspec.fits(family, emb.widths):
-        raise FormatError(f"--into-lora {lora} is a LoRA for {FAMILY_NAMES[family]} (its modelspec.architecture), "
-                          f"{emb.token!r} is {describe_widths(emb.widths)}: the web UI would never draw it with this "
-                          f"LoRA; bundle it into a LoRA of its own family")
+        raise FormatError(f"{setting('into_lora', lora)} is a LoRA for {FAMILY_NAMES[family]} (its "
+                          f"modelspec.architecture), {emb.token!r} is {describe_widths(emb.widths)}: the web UI would "
+                          f"never draw it with this LoRA; bundle it into a LoRA of its own family")
     prefix = f"{BUNDLE_PREFIX}{emb.token}."
     if len(emb.vectors) == 2:
         tensors.update({prefix + key: emb.vectors[name] for key, name in _SDXL_KEYS.items()})
