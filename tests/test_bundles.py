@@ -160,7 +160,8 @@ def test_an_embedding_given_beside_a_bundle_of_its_name_wins_as_in_the_web_ui(sd
     other = save_embedding(LearnedEmbedding("bund", {"text_encoder": vectors.flip(0)}), tmp_path / "bund.pt",
                            "a1111")[0]
     prompt = "a photo of bund <lora:mystyle:1>"
-    with pytest.warns(UserWarning, match="bundles the embedding 'bund', which an --embedding gives too"):
+    with pytest.warns(UserWarning, match="bundles the embedding 'bund', which an embedding= gives too: the "
+                                         "embedding= is drawn"):
         drawn, _ = _draw(model, tmp_path, "both", prompt, lora_dir=[str(bundled)], embedding=[str(other)])
     loose, _ = _draw(model, tmp_path, "loose", prompt, lora_dir=[str(plain)], embedding=[str(other)])
     assert np.array_equal(drawn, loose)
@@ -178,9 +179,9 @@ def test_comfy_emphasis_leaves_a_loras_bundled_embeddings_out_as_comfyui_does(sd
                            "a1111")[0]
     prompt = "a photo of embedding:bund <lora:mystyle:1>, bund"
     with pytest.warns(UserWarning, match=r"<lora:mystyle> bundles the embedding 'bund', which the prompt writes: "
-                                         r"ComfyUI does not read a LoRA's bundled embeddings, nor does --emphasis "
-                                         r"comfy, so it is words; to draw it, give --embedding \S+mystyle"
-                                         r".safetensors::bund and write embedding:bund"):
+                                         r"ComfyUI does not read a LoRA's bundled embeddings, nor does "
+                                         r"emphasis='comfy', so it is words; to draw it, give embedding='\S+mystyle"
+                                         r".safetensors::bund' and write embedding:bund"):
         drawn, _ = _draw(model, tmp_path, "bundled", prompt, lora_dir=[str(bundled)], embedding=[str(given)],
                          emphasis="comfy")
     without, _ = _draw(model, tmp_path, "plain", prompt, lora_dir=[str(plain)], embedding=[str(given)],

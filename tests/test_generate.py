@@ -1027,12 +1027,18 @@ def test_web_ui_syntax_textinv_does_not_apply_is_warned_about(sd1_dir, tmp_path)
 
 def test_a_token_no_embedding_given_holds_is_warned_about(sd1_dir, tmp_path):
     """`--prompt "a photo of <ball>"` without `--embedding` drew the letters' pieces of words, silently: a <token> the
-    model's vocabulary lacks is named, with the flag that gives its file; one given, or another tool's tag, is not."""
+    model's vocabulary lacks is named, with the flag that gives its file (from Python its keyword); one given, or
+    another tool's tag, is not."""
+    from textinv.cli import main
+
     config = GenerateConfig(prompt=["a photo of <ball> and [<cube>:<ball>:2] <lora-like:x>"], out=str(tmp_path / "r"),
                             n=1, steps=1, width=16, model=str(sd1_dir))
     with pytest.warns(UserWarning, match=r"<ball>, <cube> are in no embedding given and not in the model's "
-                                         r"vocabulary: .* give the file with --embedding"):
+                                         r"vocabulary: .* give the file with embedding="):
         generate(config, progress=False)
+    with pytest.warns(UserWarning, match=r"<ball> is in no embedding given .* give the file with --embedding \("):
+        assert main(["generate", "--model", str(sd1_dir), "--prompt", "a photo of <ball>", "-n", "1", "--steps", "1",
+                     "--width", "16", "--out", str(tmp_path / "cli")]) == 0
     (path,) = save_embedding(LearnedEmbedding("<ball>", {"text_encoder": torch.zeros(1, 32)}), tmp_path / "b.pt",
                              "a1111")
     with warnings.catch_warnings(record=True) as said:
@@ -4268,7 +4274,7 @@ def test_embeddings_trained_at_different_sizes_draw_at_the_models_own_and_say_so
     assert [Image.open(p).size for p in paths] == [(side, side)] * 4
     said = [str(w.message) for w in heard if "trained at" in str(w.message)]
     assert said == [f"drawing at {side}x{side}, the model's own size: <q> was trained at {side}x{side * 2}, <r> was "
-                    f"trained at {side * 2}x{side}; pass --width and --height"]
+                    f"trained at {side * 2}x{side}; pass width= and height="]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one, said)

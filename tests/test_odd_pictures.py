@@ -204,7 +204,8 @@ def test_a_file_that_is_no_picture_is_said_as_that(tmp_path):
     assert "BufferedReader" not in str(refused.value)
 
 
-def test_a_bad_init_image_is_said_as_the_flag(tmp_path):
+def test_a_bad_init_image_is_said_as_the_setting(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 20)
-    with pytest.raises(DataError, match=f"^--init-image {tmp_path / 'cut.jpg'}: cannot read the picture"):
+    with pytest.raises(DataError, match=f"^init_image={re.escape(repr(str(tmp_path / 'cut.jpg')))}: cannot read the "
+                                        f"picture"):
         generate._InitPictures([tmp_path / "cut.jpg"])

@@ -80,8 +80,9 @@ def check_fits(model: Model, emb: LearnedEmbedding,
         if vectors is None or vectors.shape[-1] != model.widths[0]:
             raise FormatError(f"embedding {emb.token!r} has width {describe_widths(emb.widths)}: it holds no vectors "
                               f"for the SDXL refiner {model.source}'s one text encoder (OpenCLIP-G, width "
-                              f"{model.widths[0]}), which reads an SDXL embedding's clip_g half; give --refiner a "
-                              f"model this embedding was made for, or draw without --refiner")
+                              f"{model.widths[0]}), which reads an SDXL embedding's clip_g half; give "
+                              f"{setting('refiner')} a model this embedding was made for, or draw without "
+                              f"{setting('refiner')}")
         return
     if emb.widths != model.widths or set(emb.vectors) != {name for name, _, _ in model.encoders}:
         base = emb.metadata.get("base_model")  # (--model left out is the bundled model: say which one it needs)
@@ -109,7 +110,7 @@ def warn_clip_l_half(model: Model, emb: LearnedEmbedding, stacklevel: int = 3) -
     warn(f"embedding {emb.token!r} is an SDXL embedding (width {describe_widths(emb.widths)}); the model "
          f"{model.source} has one text encoder of width {describe_widths(model.widths)}, so only its clip_l "
          f"half (the CLIP-L encoder's vectors) is used, as ComfyUI does. It was trained for SDXL, which reads "
-         f"CLIP-L's penultimate layer, so it may draw differently (--clip-skip 2 reads that layer)",
+         f"CLIP-L's penultimate layer, so it may draw differently ({setting('clip_skip', 2)} reads that layer)",
          stacklevel=stacklevel)
 
 
@@ -691,7 +692,7 @@ def generation_clip_skip(model: Model, asked: int | None, embeddings: list[Learn
     other = {token: n for token, n in trained.items() if n != clip_skip}
     if other:
         warn(f"drawing with clip skip {clip_skip}, but " + ", ".join(f"{t} was trained with {n}"
-             for t, n in other.items()) + ": pass --clip-skip as it was trained", stacklevel=3)
+             for t, n in other.items()) + f": pass {setting('clip_skip')} as it was trained", stacklevel=3)
     return clip_skip
 
 
@@ -720,7 +721,8 @@ def generation_size(model: Model, embeddings: list[LearnedEmbedding]) -> tuple[i
     if len(set(sizes.values())) > 1:
         if any(w != h for w, h in sizes.values()):
             warn(f"drawing at {model.resolution}x{model.resolution}, the model's own size: " + ", ".join(
-                 f"{t} was trained at {w}x{h}" for t, (w, h) in sizes.items()) + "; pass --width and --height",
+                 f"{t} was trained at {w}x{h}" for t, (w, h) in sizes.items())
+                 + f"; pass {setting('width')} and {setting('height')}",
                  stacklevel=3)
         return None
     size = next(iter(sizes.values()), None)
@@ -954,8 +956,8 @@ def _add_bundled(loras: dict[str, Path], embeddings: list[LearnedEmbedding], pat
                                   f"word with: textinv convert \"{path}{BUNDLE_SEPARATOR}{emb.token}\" {one}.pt "
                                   f"--token {one}, then give --embedding {one}.pt and write {one}")
             if key in given:
-                warn(f"<lora:{name}> bundles the embedding {emb.token!r}, which an --embedding gives too: "
-                     f"the --embedding is drawn (where it fits the model), as the web UI skips a bundled "
+                warn(f"<lora:{name}> bundles the embedding {emb.token!r}, which an {setting('embedding')} gives too: "
+                     f"the {setting('embedding')} is drawn (where it fits the model), as the web UI skips a bundled "
                      f"embedding its embeddings folder has", stacklevel=3)
                 if stand_ins is not None:
                     stand_ins.setdefault(key, (emb, f"{path}{BUNDLE_SEPARATOR}{emb.token}", name))
@@ -981,8 +983,9 @@ def _warn_comfy_bundles(loras: dict[str, Path], said: str) -> None:
     for name, path in loras.items():
         for bundle in [b for b in bundled_names(path) if _named(b, words)]:
             warn(f"<lora:{name}> bundles the embedding {bundle!r}, which the prompt writes: ComfyUI does not read a "
-                 f"LoRA's bundled embeddings, nor does --emphasis comfy, so it is words; to draw it, give --embedding "
-                 f"{path}{BUNDLE_SEPARATOR}{bundle} and write embedding:{bundle}", stacklevel=3)
+                 f"LoRA's bundled embeddings, nor does {setting('emphasis', 'comfy')}, so it is words; to draw it, "
+                 f"give {setting('embedding', f'{path}{BUNDLE_SEPARATOR}{bundle}')} and write embedding:{bundle}",
+                 stacklevel=3)
 
 
 def _fitting(config: GenerateConfig, jobs: list, model: Model, embeddings: list[LearnedEmbedding], paths: list[str],
@@ -1437,7 +1440,7 @@ class _InitPictures:
             try:
                 picture = load_image(source)
             except DataError as e:  # (said as the flag, as --mask says its picture)
-                raise DataError(f"--init-image {source}: {e}") from None
+                raise DataError(f"{setting('init_image', source)}: {e}") from None
             self.sums[source], self.sizes[source] = file_sha256(source), picture.size
             if picture.width * picture.height <= room:
                 self.kept[source] = picture
@@ -1481,8 +1484,8 @@ def _warn_unknown_tokens(config: GenerateConfig, model: Model, texts: list[str])
                if tokenizer.convert_tokens_to_ids(word) == tokenizer.unk_token_id]
     if unknown:
         warn(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} in no embedding given and not in the "
-             f"model's vocabulary: drawn as pieces of words, without a concept; give the file with --embedding "
-             f"(a file or a folder of them)", stacklevel=3)
+             f"model's vocabulary: drawn as pieces of words, without a concept; give the file with "
+             f"{setting('embedding')} (a file or a folder of them)", stacklevel=3)
 
 
 def _file_names(config: GenerateConfig, jobs: list[dynamic.Job], sources: list[Path | None]
