@@ -151,7 +151,7 @@ def test_parts_of_other_families_are_refused(tmp_path, widths):
 
 def test_a_part_that_does_not_fit_the_model_is_refused(sd1_dir, tmp_path):
     saved(tmp_path / "a.safetensors", 1)
-    with pytest.raises(FormatError, match=r"a\.safetensors has width 768 .* but --model .* has 32"):
+    with pytest.raises(FormatError, match=r"a\.safetensors has width 768 .* but model='.*' has 32"):
         run(tmp_path, f"'dog' + {tmp_path}/a.safetensors", model=str(sd1_dir))
 
 
@@ -166,12 +166,12 @@ def test_an_sdxl_part_gives_its_clip_l_half_on_an_sd1_model_as_generate_does(sd1
     assert torch.allclose(result.embedding.vectors["text_encoder"],
                           0.5 * xl.vectors["text_encoder"] + one.vectors["text_encoder"])
     assert load_embedding(result.files[0]).family != "sdxl"
-    with pytest.raises(FormatError, match=r"one\.safetensors has width 32 .* but --model .* has"):
+    with pytest.raises(FormatError, match=r"one\.safetensors has width 32 .* but model='.*' has"):
         run(tmp_path, f"{tmp_path}/one.safetensors", model=str(xl_dir), out="xl-out.safetensors")
 
 
 def test_words_need_a_model_and_must_be_in_its_vocabulary(sd1_dir, tmp_path):
-    with pytest.raises(ConfigError, match=r"'dog' is words.*--model"):
+    with pytest.raises(ConfigError, match=r"'dog' is words.*give the model with model= \(the one"):
         run(tmp_path, "'dog'")
     with pytest.raises(TokenError, match=r"does not know dgo \(d \+ g \+ o\)"):
         run(tmp_path, "'a dgo'", model=str(sd1_dir))
@@ -299,9 +299,9 @@ def test_a_training_runs_folder_is_read_as_its_embedding(sd1_dir, images, tmp_pa
 def test_a_token_the_models_vocabulary_has_is_refused_before_writing(sd1_dir, tmp_path):
     """generate refuses such a file (it would overwrite a word's meaning): with --model, merge says so first."""
     model = fresh_model(sd1_dir)
-    with pytest.raises(TokenError, match=r"--token 'dog' cannot be used with --model .*existing token 'dog</w>'"):
+    with pytest.raises(TokenError, match=r"^token='dog' cannot be used with model='.*'.*existing token 'dog</w>'"):
         merge(MergeConfig(out=str(tmp_path / "dog.pt"), token="dog", terms=["'cat'"]), model=model)
-    with pytest.raises(TokenError, match=r"--token 'Cat'.*existing token 'cat</w>' \(CLIP lower-cases"):
+    with pytest.raises(TokenError, match=r"^token='Cat'.*existing token 'cat</w>' \(CLIP lower-cases"):
         merge(MergeConfig(out=str(tmp_path / "cat.pt"), token="Cat", terms=["'dog'"]), model=model)
     assert not list(tmp_path.iterdir())
     assert merge(MergeConfig(out=str(tmp_path / "new.pt"), token="<dog-2>", terms=["'cat'"]), model=model).files
@@ -472,8 +472,9 @@ def test_a_token_installed_in_a_models_tokenizer_is_refused_in_words_of_merging(
     install_embedding(model, LearnedEmbedding("<q>", {"text_encoder": torch.randn(1, 32)}))
     with pytest.raises(TokenError) as refused:
         merge(MergeConfig(out=str(tmp_path / "q.pt"), token="<q>", terms=["'cat'"]), model=model)
-    assert re.search(r"--token '<q>' cannot be used with --model .*: its tokenizer has '<q>' already, as a word of "
-                     r"its own or a token installed into this model .*unload_embeddings.*a file merged under it",
+    assert re.search(r"^token='<q>' cannot be used with model='.*': its tokenizer has '<q>' already, as a word of "
+                     r"its own or a token installed into this model .*unload_embeddings.*a file merged under it .*; "
+                     r"pick another token=$",
                      str(refused.value))
     assert "training" not in str(refused.value) and not (tmp_path / "q.pt").exists()
     unload_embeddings(model)

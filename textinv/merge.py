@@ -31,7 +31,7 @@ import torch
 from . import __version__, modelspec
 from .config import MergeConfig, check_config_object
 from .emphasis import CHUNK
-from .errors import ConfigError, FormatError, TokenError, warn, warns_at_caller
+from .errors import ConfigError, FormatError, TokenError, given, setting, warn, warns_at_caller
 from .families import describe_widths
 from .formats import LearnedEmbedding, check_writable, describe, format_for, load_embedding, save_embedding
 from .inspect import encoder_lines, word_rows
@@ -259,7 +259,7 @@ def merge(config: MergeConfig, model: Model | None = None) -> MergeResult:
     words = [part for term in terms for part in term if part.words]
     if words and model is None and not config.model:
         raise ConfigError(f"the part {words[0]} is words, read from a model's vocabulary: give the model with "
-                          "--model (the one the embeddings are for), or use embedding files only")
+                          f"{setting('model')} (the one the embeddings are for), or use embedding files only")
     files = _read_files(terms)
     _check_files(terms, files, config, model)
     if model is None and config.model:
@@ -298,7 +298,7 @@ def _read_file(source: str) -> LearnedEmbedding:
     path = Path(source).expanduser()
     if not path.exists() and not path.suffix and len(path.parts) == 1:
         raise FormatError(f"{source}: no such file; a word of the model's vocabulary goes in single quotes, "
-                          f"\"'{source}'\", with --model")
+                          f"\"'{source}'\", with {setting('model')}")
     return load_embedding(embedding_file(path))
 
 
@@ -422,8 +422,8 @@ def _check_fits_model(parts: list[tuple[str, LearnedEmbedding]], model) -> None:
     """Refuse a part that does not fit `model` (--model: the model the merged embedding is for)."""
     for label, emb in parts:
         if emb.widths != model.widths:
-            raise FormatError(f"{label} has width {describe_widths(emb.widths)} but --model {model.source} has "
-                              f"{describe_widths(model.widths)}: give the model the embeddings were made for (it "
+            raise FormatError(f"{label} has width {describe_widths(emb.widths)} but {setting('model', model.source)} "
+                              f"has {describe_widths(model.widths)}: give the model the embeddings were made for (it "
                               "is read for words), or leave the part out")
 
 
@@ -434,11 +434,12 @@ def _check_token_is_new(emb: LearnedEmbedding, model) -> None:
     if clash is not None:
         name, error = clash
         if error is None:  # (check_new_token's message speaks of training)
-            raise TokenError(f"--token {emb.token!r} cannot be used with --model {model.source}: its tokenizer has "
-                             f"{name!r} already, as a word of its own or a token installed into this model "
-                             "(generate.install_embedding; unload_embeddings takes those out), so a file merged "
-                             "under it is one generate refuses with this model; pick another --token")
-        raise TokenError(f"--token {emb.token!r} cannot be used with --model {model.source}: {error}") from None
+            raise TokenError(f"{given('token', emb.token)} cannot be used with {setting('model', model.source)}: its "
+                             f"tokenizer has {name!r} already, as a word of its own or a token installed into this "
+                             f"model (generate.install_embedding; unload_embeddings takes those out), so a file merged "
+                             f"under it is one generate refuses with this model; pick another {setting('token')}")
+        raise TokenError(f"{given('token', emb.token)} cannot be used with {setting('model', model.source)}: "
+                         f"{error}") from None
 
 
 def _count(term: list[tuple[str, LearnedEmbedding, float]]) -> int:
