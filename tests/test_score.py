@@ -202,7 +202,7 @@ def test_bad_input_is_refused_before_anything_is_drawn(run_dir, clip_dir, judge,
 
 def test_an_unreachable_clip_model_says_how_to_get_one(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match="--clip 'openai/clip-vit-base-patch32'.*local folder"):
+    with pytest.raises(ModelError, match="^clip='openai/clip-vit-base-patch32'.*pass clip= a local folder"):
         ClipJudge.load("openai/clip-vit-base-patch32")
     (tmp_path / "junk").mkdir()
     with pytest.raises(ModelError, match="could not be loaded as a CLIP model"):
@@ -254,6 +254,10 @@ def test_the_command_line_prints_the_table(run_dir, clip_dir, tmp_path, capsys):
     report = json.loads((out / "scores.json").read_text())
     assert report["methods"][0]["prompts"][1]["prompt"] == EDITS["style"][0].replace("{}", "<zq>")
     assert main(["score", "--embedding", str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+    assert main(["score", "--embedding", str(run_dir), "--clip", str(tmp_path / "no-clip"), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert f"--clip '{tmp_path / 'no-clip'}': the folder" in capsys.readouterr().err  # (from Python: clip='...')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -420,7 +424,7 @@ def test_a_run_whose_pictures_moved_says_so(run_dir, clip_dir, judge, sd1_dir, t
     images = write_images(tmp_path / "images", n=2)
     run = _train(sd1_dir, images, tmp_path / "run")
     shutil.rmtree(images)
-    with pytest.raises(DataError, match=r"config.yaml names; pass --images"):
+    with pytest.raises(DataError, match=r"config.yaml names; pass images= where they are now\)"):
         score(_quick(run, clip_dir, tmp_path / "o"), judge=judge, progress=False)
 
 

@@ -143,14 +143,14 @@ class ClipJudge:
         except Exception as e:
             local = Path(source).expanduser().exists()
             if not local and _is_local_path(source):  # a mistyped folder is not a hub id to download
-                raise ModelError(f"--clip {source!r}: the folder {Path(source).expanduser()} does not exist; check "
-                                 f"the path, or give a CLIP model's hub id, e.g. {DEFAULT_CLIP}") from None
+                raise ModelError(f"{given('clip', source)}: the folder {Path(source).expanduser()} does not exist; "
+                                 f"check the path, or give a CLIP model's hub id, e.g. {DEFAULT_CLIP}") from None
             if not local and isinstance(e, (OSError, ConnectionError)):
-                raise ModelError(f"--clip {source!r}, the CLIP model that judges the pictures, is not in the local "
-                                 f"Hugging Face cache and the hub could not be reached{offline_note()}; connect once "
-                                 f"to download it, or pass --clip a local folder holding a CLIP model (CLIPModel's "
-                                 f"save_pretrained, with its tokenizer and image processor)") from None
-            raise ModelError(f"--clip {source!r} could not be loaded as a CLIP model ({type(e).__name__}: "
+                raise ModelError(f"{given('clip', source)}, the CLIP model that judges the pictures, is not in the "
+                                 f"local Hugging Face cache and the hub could not be reached{offline_note()}; connect "
+                                 f"once to download it, or pass {setting('clip')} a local folder holding a CLIP model "
+                                 f"(CLIPModel's save_pretrained, with its tokenizer and image processor)") from None
+            raise ModelError(f"{given('clip', source)} could not be loaded as a CLIP model ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}); give a CLIP model's hub id or folder, "
                              f"e.g. {DEFAULT_CLIP}") from None
         # transformers builds a CLIPModel from any CLIP part's folder (a model's text_encoder, an image encoder),
@@ -159,9 +159,9 @@ class ClipJudge:
         weights = {name for name, _ in model.named_parameters()} - {"logit_scale"}  # (buffers, and the unused scale,
         missing = sorted(k for k in info["missing_keys"] if k in weights)          # are no judge's weights)
         if missing:
-            raise ModelError(f"--clip {source!r} is not a whole CLIP model: {len(missing)} of a CLIP model's weights "
-                             f"are not in it ({', '.join(missing[:2])} ...) and would be random; give a CLIP model "
-                             f"with its text and image towers, e.g. {DEFAULT_CLIP}")
+            raise ModelError(f"{given('clip', source)} is not a whole CLIP model: {len(missing)} of a CLIP model's "
+                             f"weights are not in it ({', '.join(missing[:2])} ...) and would be random; give a CLIP "
+                             f"model with its text and image towers, e.g. {DEFAULT_CLIP}")
         return cls(model, tokenizer, processor, source, device)
 
     @torch.no_grad()
@@ -819,8 +819,8 @@ def _training_pictures(images: str | None, run: dict | None, subsets: list[dict]
     except DataError as e:
         if not run:
             raise
-        raise DataError(f"{e} (the training pictures {run['config']} names; pass --images where they are "
-                        f"now)") from None
+        raise DataError(f"{e} (the training pictures {run['config']} names; pass {setting('images')} where they "
+                        f"are now)") from None
 
 
 def _load(config: ScoreConfig, source: str, run: dict, device: torch.device, recorded: dict | None = None) -> Model:
@@ -839,7 +839,7 @@ def _load(config: ScoreConfig, source: str, run: dict, device: torch.device, rec
         if config.model:
             raise
         where = run["config"] if same else f"the embedding's metadata ({config.embedding})"
-        raise ModelError(f"{e} (the model named by {where}; pass --model to score on another)") from None
+        raise ModelError(f"{e} (the model named by {where}; pass {setting('model')} to score on another)") from None
 
 
 def _save_training(partial: Path, pictures: list[Image.Image]) -> list[str]:
