@@ -696,7 +696,7 @@ def test_an_init_image_folder_redraws_each_of_its_pictures_with_every_prompt(sd1
     again = generate(config, progress=False, keep_seeds=keep)
     assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(paths[1])))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match=r"--init-image .*empty is a folder without pictures"):
+    with pytest.raises(ConfigError, match=r"^init_image='.*empty' is a folder without pictures"):
         generate(GenerateConfig(prompt=["a dog"], model=str(sd1_dir), init_image=str(tmp_path / "empty"),
                                 out=str(tmp_path / "c")), progress=False)
 

@@ -1971,13 +1971,13 @@ def test_an_init_word_the_tokenizer_splits_into_fragments_is_warned_about(sd1_di
     mean of the fragments d + g + o. On the bundled shapes model even the default init, 'object', is six letters."""
     import warnings
 
-    with pytest.warns(UserWarning, match=r"--init 'dgo'.*dgo \(d \+ g \+ o\)"):
+    with pytest.warns(UserWarning, match=r"^init='dgo'.*dgo \(d \+ g \+ o\)"):
         train(config(images, tmp_path / "typo", init="dgo", steps=1), model=fresh_model(sd1_dir), progress=False)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         train(config(images, tmp_path / "word", init="small red dog, toy", steps=1), model=fresh_model(sd1_dir),
               progress=False)
-    assert not [w for w in seen if "--init" in str(w.message)]
+    assert not [w for w in seen if "init=" in str(w.message)]
 
 
 def test_init_spread_webui_starts_from_the_tokens_the_web_ui_reads(sd1_dir, images, tmp_path, monkeypatch):

@@ -274,7 +274,7 @@ def init_pictures(init_image: str | None) -> list[Path | None]:
         return [path]
     pictures, _ = _scan(path)
     if not pictures:
-        raise ConfigError(f"--init-image {init_image} is a folder without pictures (its subfolders are not "
+        raise ConfigError(f"{setting('init_image', init_image)} is a folder without pictures (its subfolders are not "
                           f"searched); give a picture, or a folder of them")
     return pictures
 

@@ -400,12 +400,12 @@ def _methods(config: ScoreConfig, emb: LearnedEmbedding, run: dict,
     # a baseline that names a token draws its learned vectors (the prompt expansion and the tokenizer find a token
     # inside other words, in any case): it would be no baseline, and score the embedding against itself
     tokens = [emb.token] + [other.token for other, _ in others]
-    for flag, words, example in (("--init", config.init, "dog"),
-                                 ("--description", config.description, "a corgi with a red collar")):
+    for name, words, example in (("init", config.init, "dog"),
+                                 ("description", config.description, "a corgi with a red collar")):
         named = [t for t in tokens if words and t.lower() in words.lower()]
         if named:
-            raise ConfigError(f"{flag} {words!r} names the token {named[0]}: a baseline is drawn with plain words "
-                              f"in the token's place, e.g. {flag} '{example}'")
+            raise ConfigError(f"{given(name, words)} names the token {named[0]}: a baseline is drawn with plain "
+                              f"words in the token's place, e.g. {given(name, example)}")
     methods = [{"name": "textual inversion", "words": emb.token, "label": emb.token}]
     names = [Path(path).name for _, path in others]
     for k, (other, path) in enumerate(others):

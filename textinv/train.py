@@ -46,7 +46,7 @@ from .config import (TrainConfig, check_config_object, clip_steps, lr_steps_end,
                      read_config_file, save_config, stepped_value, training_size)
 from .data import (CaptionSampler, PictureSet, TagVariation, default_templates, load_training_images, picture_set,
                    random_windows, read_caption, read_template_file, warn_unread_templates)
-from .errors import (ConfigError, DataError, FormatError, ModelError, TrainingError, setting, warn,
+from .errors import (ConfigError, DataError, FormatError, ModelError, TrainingError, given, setting, warn,
                      warns_at_caller)
 from .formats import LearnedEmbedding, default_filename, load_embedding, save_embedding, step_filename
 from .generate import check_fits, check_steps, expand_all, uses_clip_l_half, warn_clip_l_half
@@ -372,8 +372,8 @@ def _pictures(config: TrainConfig, folder: str | None) -> PictureSet:
         if config.resume and gone:  # (kohya's subsets: given again by the file that gave them)
             raise DataError(f"cannot resume {config.out}: the subset folder {gone[0]} does not exist (the "
                             f"{len(config.subsets)} kohya subsets {Path(config.out) / CONFIG_FILE} names); if the "
-                            f"subsets moved, resume with --dataset-config and the run's dataset config, each "
-                            f"image_dir where its folder is now (the same subsets, in the same order)") from None
+                            f"subsets moved, resume with {setting('dataset_config')} and the run's dataset config, "
+                            f"each image_dir where its folder is now (the same subsets, in the same order)") from None
         if not config.resume or folder is None or Path(folder).exists():
             raise
         again = ("--concepts, each concept's FOLDER=TOKEN as it is now, in the run's order" if config.concepts
@@ -841,7 +841,7 @@ def _add_run_tokens(run: _Run) -> None:
                                    config.init_spread) for (name, _, te), own in zip(model.encoders, ids)]
             split = split_words(model.tokenizer, ids[0])
             if split and is_main and not config.resume:
-                warn(f"--init {spec['init']!r}: {model.source} does not know {', '.join(split)} as a word, "
+                warn(f"{given('init', spec['init'])}: {model.source} does not know {', '.join(split)} as a word, "
                      f"so {spec['token']} starts from those fragments' vectors; give a word it "
                      f"knows (check the spelling)")  # (named at the line that called `train`: `warn`)
         exts = [add_tokens(tok, te, names, start) for (_, tok, te), start in zip(model.encoders, starts)]
