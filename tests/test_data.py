@@ -18,6 +18,7 @@ from textinv import data
 from textinv.data import (
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
+    AnimatedImageWarning,
     CaptionLinesWarning,
     CaptionSampler,
     CaptionWithoutMarkerWarning,
@@ -606,6 +607,23 @@ def test_tiny_image_is_upscaled_with_a_warning(tmp_path):
     assert image.pixels.shape == (3, 32, 32) and image.pixels.dtype == torch.float32
     expected = torch.tensor([1.0, -1.0, 128 / 127.5 - 1]).view(3, 1, 1)
     assert torch.allclose(image.pixels, expected.expand(3, 32, 32), atol=1e-6)
+
+
+@pytest.mark.parametrize("name, save", [
+    ("turn.gif", {}), ("turn.png", {}), ("turn.webp", {"lossless": True}), ("pages.tif", {})])
+def test_an_animated_or_multi_page_picture_trains_its_first_frame_and_says_so(tmp_path, name, save):
+    """A GIF, APNG or WebP of a turning object, or a TIFF of several pages, trained its first frame in silence: a
+    user who gave it for its many views learned one."""
+    frames = [Image.new("RGB", (16, 16), colour) for colour in (RED, (0, 0, 255), (0, 255, 0))]
+    path = tmp_path / name
+    frames[0].save(path, save_all=True, append_images=frames[1:], **save)
+    still = solid(tmp_path / "still.gif")
+    with caught(AnimatedImageWarning) as rec:
+        first, _ = load_training_images([path, still], 16)
+    assert [str(w) for w in rec.list] == [
+        f"1 picture(s) are animated or have several pages, and only the first frame of each is trained: {path} "
+        "(3 frames); to train on other frames, save them as pictures of their own"]
+    assert close(pixel(first.pixels, 8, 8), RED)
 
 
 def test_big_photo_is_cropped_from_its_centre(tmp_path):

@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "SkippedFilesWarning",
     "SmallImageWarning",
+    "AnimatedImageWarning",
     "CaptionWithoutMarkerWarning",
     "UnreadTemplatesWarning",
     "TrainingImage",
@@ -170,6 +171,11 @@ class SmallImageWarning(TextinvWarning):
 
 class AlphaMaskWarning(TextinvWarning):
     """--alpha-mask was asked for, but none of a concept's pictures has any transparency."""
+
+
+class AnimatedImageWarning(TextinvWarning):
+    """A training picture is animated (GIF, APNG, WebP) or has several pages (TIFF): only its first frame is
+    trained."""
 
 
 class CaptionWithoutMarkerWarning(TextinvWarning):
@@ -570,20 +576,28 @@ def load_image(path: str | os.PathLike, shown_at: int | None = None) -> Image.Im
     'RGB'
     """
     need = None if shown_at is None else (lambda full: (shown_at, shown_at))
-    return _read(Path(path), False, need)[0]
+    return _read(Path(path), False, need).image
 
 
 def load_image_and_alpha(path: str | os.PathLike, alpha: bool = True) -> tuple[Image.Image, Image.Image | None]:
     """`load_image`'s RGB picture and its transparency as an upright 8-bit "L" image (255: opaque), or None for
     a picture without any (`alpha_channel`) or when `alpha` is off (it is not read then)."""
-    img, mask, _, _ = _read(Path(path), alpha)
-    return img, mask
+    read = _read(Path(path), alpha)
+    return read.image, read.alpha
 
 
-def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, int]] | None = None
-          ) -> tuple[Image.Image, Image.Image | None, tuple[int, int], tuple[float, float, float, float]]:
-    """`load_image_and_alpha`, with the picture's full upright size (W, H) and its area (left, top, right, bottom)
-    in the returned picture's pixels.
+class _Picture(NamedTuple):
+    """One picture as `_read` reads it."""
+
+    image: Image.Image  # upright 8-bit sRGB
+    alpha: Image.Image | None  # its transparency (`load_image_and_alpha`)
+    full: tuple[int, int]  # its full upright size (W, H)
+    area: tuple[float, float, float, float]  # (left, top, right, bottom) of the picture in `image`'s pixels
+    frames: int  # of an animation or a multi-page file, of which `image` is the first; else 1
+
+
+def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, int]] | None = None) -> _Picture:
+    """`load_image_and_alpha`, with the picture's full upright size, area and number of frames (`_Picture`).
 
     `need` gives the size (W, H) the picture trains at from its full upright size: a JPEG is then decoded at the
     smallest scale of 1/2, 1/4 or 1/8 that keeps it `_REDUCING_GAP` times as large. libjpeg scales it in the
@@ -600,6 +614,8 @@ def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, 
                     f"{path} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} textinv reads; "
                     "shrink it (it is scaled down to the size it is used at anyway)"
                 )
+            # (Pillow opens the first frame; counting an animation's walks its file, so only where it has a second)
+            frames = img.n_frames if getattr(img, "is_animated", False) else 1
             orientation = img.getexif().get(0x0112, 1)  # (EXIF's Orientation; 5-8 swap the sides)
             turned = orientation in (5, 6, 7, 8)
             full = (height, width) if turned else (width, height)
@@ -622,7 +638,8 @@ def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, 
                         "re-export it (a training folder's: or move it out of the folder)") from e
     try:
         img = _eight_bit(img)  # (once, for both)
-        return to_rgb(img), alpha_channel(img) if alpha else None, full, _area(extent, img.size, orientation)
+        return _Picture(to_rgb(img), alpha_channel(img) if alpha else None, full, _area(extent, img.size, orientation),
+                        frames)
     except Exception as e:  # a colour mode Pillow cannot convert, or a decoder or colour library failing
         raise DataError(f"cannot convert {path} (colour mode {img.mode}) to RGB: {e}; re-save it as RGB") from e
 
@@ -1033,6 +1050,7 @@ def load_training_images(
     result: list[TrainingImage] = []
     small: list[str] = []
     several: list[str] = []  # caption files of several lines
+    animated: list[str] = []  # pictures of several frames, of which the first is trained
     empty: list[str] = []  # caption files with no text
 
     def training_size(full: tuple[int, int]) -> tuple[int, int]:  # (W, H) of a picture of upright size `full`
@@ -1044,7 +1062,9 @@ def load_training_images(
         path = Path(path)
         # a big JPEG is decoded at a reduced scale, as large as its crop needs (`_read`): a 24-megapixel photo
         # trained at 512 is never held whole
-        img, alpha, (width, height), area = _read(path, use_alpha, training_size)
+        img, alpha, (width, height), area, frames = _read(path, use_alpha, training_size)
+        if frames > 1:
+            animated.append(f"{path} ({frames} frames)")
         size = scaled_to = training_size((width, height))
         crop = area
         if no_upscale:
@@ -1072,6 +1092,8 @@ def load_training_images(
         _warn_empty_captions(empty)
     if small:
         _warn_small(small, fixed, bucket_step)
+    if animated:
+        _warn_animated(animated)
     return result
 
 
@@ -1133,6 +1155,15 @@ def _warn_empty_captions(empty: list[str]) -> None:
         f"so those pictures train on the templates (--templates, or the --property's own; with [filewords] templates "
         f"on no words, not their file names), where kohya's scripts train on the empty text; write a caption in "
         f"them, or delete them to say the templates are meant"), stacklevel=3)
+
+
+def _warn_animated(animated: list[str]) -> None:
+    """Warn (at `load_training_images`' caller) of the pictures `animated`, of which only the first frame is read:
+    a GIF of a turning object looks like all its views to the eye, but trains one."""
+    warn(AnimatedImageWarning(
+        f"{len(animated)} picture(s) are animated or have several pages, and only the first frame of each is "
+        f"trained: {first_few(animated)}; to train on other frames, save them as pictures of their own"),
+        stacklevel=3)
 
 
 def _warn_small(small: list[str], size: tuple[int, int], bucket_step: int | None) -> None:
