@@ -163,6 +163,44 @@ def test_a_skipped_picture_says_what_to_do(tmp_path):
     assert "hdr.tif (named as a picture but unreadable" in message and "re-save it as PNG or JPEG" in message
 
 
+# the start of an iPhone's HEIC photo (an ISO box "ftyp" of brand heic) and of a JPEG XL codestream
+HEIC_HEAD = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+JXL_HEAD = b"\xff\x0a" + bytes(64)
+
+
+def test_a_heic_or_jpeg_xl_photo_is_said_to_need_converting_not_to_be_damaged(tmp_path):
+    """An iPhone's HEIC photo was "named as a picture but unreadable: damaged, not what its name says, or a kind
+    Pillow cannot decode, such as float TIFF" and then "(Pillow cannot read HEIC photos...)" in a second bracket; given
+    by name (--init-image, caption) it said only "Pillow recognises no picture in it"."""
+    solid(tmp_path / "a.png")
+    (tmp_path / "IMG_0001.HEIC").write_bytes(HEIC_HEAD)
+    (tmp_path / "scan.jxl").write_bytes(JXL_HEAD)
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [tmp_path / "a.png"]
+    message = str(rec.list[0])
+    assert ("IMG_0001.HEIC (HEIC, which this Pillow cannot read: convert it to JPEG or PNG; an iPhone takes JPEG "
+            "photos with Settings > Camera > Formats > Most Compatible)") in message
+    assert "scan.jxl (JPEG XL, which this Pillow cannot read: convert it to JPEG or PNG)" in message
+    assert "damaged" not in message
+    with pytest.raises(DataError, match=r"IMG_0001.HEIC: it is HEIC, which this Pillow cannot read: convert it"):
+        load_image(tmp_path / "IMG_0001.HEIC")
+
+
+def test_an_avif_is_said_to_need_a_newer_pillow_only_where_pillow_cannot_read_avif(tmp_path, monkeypatch):
+    """Pillow reads AVIF from 11.2 (built with libavif): there a bad .avif is damaged; before, it needs converting."""
+    (tmp_path / "a.avif").write_bytes(b"\x00\x00\x00\x1cftypavif" + bytes(64))
+    readable = {**Image.registered_extensions(), ".avif": "AVIF"}
+    monkeypatch.setattr(Image, "registered_extensions", lambda: readable)
+    with pytest.raises(DataError) as known:
+        load_image(tmp_path / "a.avif")
+    monkeypatch.setattr(Image, "registered_extensions", lambda: {k: v for k, v in readable.items() if k != ".avif"})
+    with pytest.raises(DataError) as unknown:
+        load_image(tmp_path / "a.avif")
+    assert "Pillow 11.2" not in str(known.value)
+    assert str(unknown.value).endswith("a.avif: it is AVIF, which this Pillow cannot read: convert it to JPEG or "
+                                       "PNG, or use Pillow 11.2 or later built with AVIF")
+
+
 def test_folder_of_only_junk_is_a_data_error(tmp_path):
     (tmp_path / "notes.md").write_text("nothing here")
     with pytest.warns(SkippedFilesWarning), pytest.raises(DataError, match="no images found"):

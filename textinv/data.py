@@ -149,7 +149,8 @@ _OS_LITTER = {"thumbs.db", "desktop.ini"}
 _CAMERA_RAW = {".dng", ".cr2", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef", ".srw",
                ".3fr", ".erf", ".kdc", ".mos", ".iiq", ".rwl"}
 
-_PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic"}
+_PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif",
+                     ".jxl"}
 
 # a caption file beside its picture: `.txt` (diffusers, A1111, kohya) or kohya's default `.caption`, in the cases
 # a file made on Windows or macOS (where names ignore case) may have; the first found is read
@@ -295,10 +296,7 @@ def _scan(folder: Path, caption_extension: str | None = None, say_subfolders: bo
     said = []
     if skipped:
         names = ", ".join(_describe_skipped(p) for p in skipped)
-        hint = ""
-        if any(p.suffix.lower() in (".heic", ".heif") for p in skipped):
-            hint = " (Pillow cannot read HEIC photos: convert them to JPEG first)"
-        said.append(f"skipped {len(skipped)} file(s) in {folder} that are not pictures: {names}{hint}")
+        said.append(f"skipped {len(skipped)} file(s) in {folder} that are not pictures: {names}")
     if say_subfolders and images and subfolders:
         said.append(_subfolders_left_out(folder, subfolders, "and it" if said else str(folder), subset))
     if said:
@@ -520,10 +518,26 @@ def _describe_skipped(path: Path) -> str:
         return f"{path.name} (EPS needs Ghostscript installed; or convert it to PNG)"
     if path.suffix.lower() in _PICTURE_SUFFIXES and path.stat().st_size == 0:
         return f"{path.name} (an empty file: copy the picture again)"
+    if (kind := _undecodable_kind(path)) is not None:
+        return f"{path.name} ({kind})"
     if path.suffix.lower() in _PICTURE_SUFFIXES:
         return (f"{path.name} (named as a picture but unreadable: damaged, not what its name says, or a kind Pillow "
                 "cannot decode, such as float TIFF; re-save it as PNG or JPEG)")
     return path.name
+
+
+def _undecodable_kind(path: Path) -> str | None:
+    """What to do with a picture of a kind, by its name, that this Pillow cannot decode at all (a phone's HEIC, JPEG
+    XL, AVIF before Pillow 11.2): such a file is not damaged, and converting it is the fix; None for other names,
+    and for these where a plugin taught Pillow the kind (its damaged files are just damaged)."""
+    suffix = path.suffix.lower()
+    kinds = {".heic": "HEIC", ".heif": "HEIC", ".jxl": "JPEG XL", ".avif": "AVIF"}
+    if suffix not in kinds or suffix in Image.registered_extensions():
+        return None
+    kind = kinds[suffix]
+    tip = {"HEIC": "; an iPhone takes JPEG photos with Settings > Camera > Formats > Most Compatible",
+           "AVIF": ", or use Pillow 11.2 or later built with AVIF"}.get(kind, "")
+    return f"{kind}, which this Pillow cannot read: convert it to JPEG or PNG{tip}"
 
 
 def _is_image(path: Path, need_ghostscript: bool = True) -> bool:
@@ -649,6 +663,8 @@ def _unidentified(path: Path) -> str:
     if path.stat().st_size == 0:
         return (f"cannot read the picture {path}: it is an empty file (a copy or download that did not finish); "
                 "copy it again")
+    if (kind := _undecodable_kind(path)) is not None:
+        return f"cannot read the picture {path}: it is {kind}"
     return (f"cannot read the picture {path}: Pillow recognises no picture in it (not what its name says, or a kind "
             "it cannot decode); re-save it as PNG or JPEG")
 
