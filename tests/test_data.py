@@ -7,6 +7,7 @@ import dataclasses
 import os
 import struct
 import threading
+import unicodedata
 import warnings
 
 import numpy as np
@@ -971,6 +972,18 @@ def test_sampler_refuses_bad_templates(tmp_path):
         CaptionSampler(images, "a photo of {}", "<t>")
     with pytest.raises(ConfigError, match="a photo"):
         CaptionSampler(images, ["a photo"], "<t>")
+
+
+@pytest.mark.parametrize("picture_form, caption_form", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_a_caption_named_in_the_other_unicode_form_is_its_pictures(tmp_path, picture_form, caption_form):
+    """`café.png` copied from a Mac keeps its é as e + accent (NFD); a `café.txt` written on Linux has the one letter
+    (NFC). Linux tells the names apart, so the caption was called a stray and its picture trained on templates."""
+    picture = solid(tmp_path / unicodedata.normalize(picture_form, "café.png"))
+    (tmp_path / unicodedata.normalize(caption_form, "café.txt")).write_text("a {} in a café", encoding="utf-8")
+    with caught(SkippedFilesWarning) as rec:
+        assert find_images(tmp_path) == [picture]
+    assert rec.list == []
+    assert read_caption(picture) == "a {} in a café"
 
 
 def test_non_utf8_caption_is_a_data_error(tmp_path):

@@ -22,6 +22,7 @@ import io
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
@@ -289,10 +290,10 @@ def _scan(folder: Path, caption_extension: str | None = None, say_subfolders: bo
         picture = path.is_file() and path.suffix.lower() not in _CAMERA_RAW and _is_image(path)
         (images if picture else others).append(path)
 
-    stems = {p.stem for p in images}
-    captions = {p.with_suffix("").name + caption_extension for p in images} if caption_extension else set()
-    skipped = [p for p in others if not (((p.suffix in _CAPTION_NAMES and p.stem in stems) or p.name in captions)
-                                         and p.is_file())]
+    stems = {_nfc(p.stem) for p in images}
+    captions = {_nfc(p.with_suffix("").name + caption_extension) for p in images} if caption_extension else set()
+    skipped = [p for p in others if not (((p.suffix in _CAPTION_NAMES and _nfc(p.stem) in stems)
+                                          or _nfc(p.name) in captions) and p.is_file())]
     said = []
     if skipped:
         names = ", ".join(_describe_skipped(p) for p in skipped)
@@ -1396,12 +1397,20 @@ def expand_wildcards(text: str, rng: np.random.Generator) -> str:
 
 
 def caption_file(image_path: str | os.PathLike, extension: str | None = None) -> Path | None:
-    """The caption file beside a picture (`read_caption`), or None."""
+    """The caption file beside a picture (`read_caption`), or None. A name with accents may be written in either
+    Unicode form (macOS keeps `é` as e + accent, an editor elsewhere writes one letter; Linux tells them apart):
+    the caption file named in the other form is found too."""
     image_path = Path(image_path)
-    if extension:
-        named = image_path.with_name(image_path.with_suffix("").name + extension)
-        return named if named.is_file() else None
-    return next((p for p in map(image_path.with_suffix, _CAPTION_NAMES) if p.is_file()), None)
+    names = ([image_path.with_suffix("").name + extension] if extension
+             else [image_path.with_suffix(suffix).name for suffix in _CAPTION_NAMES])
+    files = (image_path.with_name(form) for name in names
+             for form in dict.fromkeys((name, _nfc(name), unicodedata.normalize("NFD", name))))
+    return next((p for p in files if p.is_file()), None)
+
+
+def _nfc(name: str) -> str:
+    """`name` in Unicode's composed form (NFC), where two spellings of one accented name meet."""
+    return unicodedata.normalize("NFC", name)
 
 
 def _read_text(path: Path, what: str) -> str:
