@@ -759,6 +759,30 @@ def test_png_without_chunk(tmp_path):
         load_embedding(tmp_path / "photo.png")
 
 
+@pytest.mark.parametrize("chunk", ["!!! not base64 !!!", base64.b64encode(b'{"string_to_param": {"*": {"TORCH').decode(),
+                                   base64.b64encode(b'{"string_to_param": {"*": {"TORCHTENSOR": [[1], [2, 3]]}}}').decode()])
+def test_a_png_whose_embedding_chunk_is_damaged_says_to_get_it_again(tmp_path, chunk):
+    """A damaged chunk (bad base64, JSON cut short, a ragged tensor) was named, but with no fix."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("sd-ti-embedding", chunk)
+    Image.new("RGB", (8, 8)).save(tmp_path / "emb.png", pnginfo=info)
+    with pytest.raises(FormatError, match=r"emb.png: the 'sd-ti-embedding' chunk is not base64-encoded JSON of an "
+                                          r"embedding \(.*\), so the embedding in this picture is damaged: get the "
+                                          r"picture again, or the embedding's .pt or .safetensors file$"):
+        load_embedding(tmp_path / "emb.png")
+
+
+def test_a_png_cut_short_says_to_get_it_again(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("sd-ti-embedding", "x" * 4000)
+    Image.new("RGB", (64, 64)).save(tmp_path / "emb.png", pnginfo=info)
+    data = (tmp_path / "emb.png").read_bytes()
+    (tmp_path / "emb.png").write_bytes(data[:len(data) // 2])
+    with pytest.raises(FormatError, match=r"emb.png: cannot read this image .*truncated or damaged: get the file "
+                                          r"again$"):
+        load_embedding(tmp_path / "emb.png")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FormatError, match="nope.pt: no such file"):
         load_embedding(tmp_path / "nope.pt")

@@ -974,7 +974,8 @@ def _read_image(path: Path) -> dict:
             # without the chunk (an image host strips text), the web UI reads the copy hidden in the pixels
             hidden = None if isinstance(chunk, (str, bytes)) else a1111_pixels.find(image, _decode_json_tensor)
     except (OSError, ValueError, SyntaxError) as e:
-        raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged") from None
+        raise FormatError(f"{path}: cannot read this image ({e}); it may be truncated or damaged: get the file "
+                          "again") from None
     if hidden is not None:
         return hidden
     if not isinstance(chunk, (str, bytes)):
@@ -991,7 +992,9 @@ def _read_image(path: Path) -> dict:
     try:
         return json.loads(base64.b64decode(chunk, validate=True), object_hook=_decode_json_tensor)
     except (ValueError, TypeError, RuntimeError, binascii.Error) as e:
-        raise FormatError(f"{path}: the {PNG_CHUNK!r} chunk is not base64-encoded JSON of an embedding ({e})") from None
+        raise FormatError(f"{path}: the {PNG_CHUNK!r} chunk is not base64-encoded JSON of an embedding ({e}), so the "
+                          "embedding in this picture is damaged: get the picture again, or the embedding's .pt or "
+                          ".safetensors file") from None
 
 
 def holds_png_embedding(path: str | Path) -> bool:
