@@ -709,6 +709,19 @@ def test_pickle_with_code_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_a_pickle_of_a_newer_protocol_is_refused_as_that_not_as_code(tmp_path, protocol):
+    """torch's safe loader reads pickle protocols 2 and 3 only: a plain embedding saved with pickle_protocol=4 was
+    refused as "not a plain tensor file, and loading it could run code"."""
+    torch.save({"<x>": torch.zeros(1, 8)}, tmp_path / "new.pt", pickle_protocol=protocol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's own note on the protocol)
+        with pytest.raises(FormatError, match=r"new.pt: new.pt was pickled with protocol 4 or 5 .* If you trust its "
+                                              r"source, load it with torch.load\(\.\.\., weights_only=False\) and "
+                                              r"save it again"):
+            load_embedding(tmp_path / "new.pt")
+
+
 def test_parameter_dict_fallback_still_refuses_code(tmp_path):
     marker = tmp_path / "PWNED"
     torch.save({"string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.zeros(1, 8))}),

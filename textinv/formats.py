@@ -917,6 +917,9 @@ class _PickledParameterDict:
 
 
 _PARAMETER_DICT = "torch.nn.modules.container.ParameterDict"
+# pickle's opcodes from 0x8c (SHORT_BINUNICODE) on are protocol 4's and 5's, which torch's weights_only unpickler
+# does not know ("Unsupported operand 149": the FRAME every protocol-4 pickle starts with)
+_FIRST_PROTOCOL_4_OPCODE = 0x8C
 
 
 def _torch_load(path: Path):
@@ -938,6 +941,13 @@ def _read_pickle(path: Path):
         with torch.serialization.safe_globals([(_PickledParameterDict, _PARAMETER_DICT)]):
             return _torch_load(path)
     except pickle.UnpicklingError as e:
+        newer = re.search(r"Unsupported operand (\d+)", str(e))
+        if newer and int(newer.group(1)) >= _FIRST_PROTOCOL_4_OPCODE:
+            raise FormatError(
+                f"{path}: {path.name} was pickled with protocol 4 or 5 (as torch.save(..., pickle_protocol=4) "
+                "writes), which torch's safe loader (weights_only) cannot read, so it is not loaded. If you trust its "
+                "source, load it with torch.load(..., weights_only=False) and save it again with torch.save's "
+                "default protocol, or as .safetensors") from None
         # weights_only stopped at something that is not a tensor, a container or a number: possibly code
         found = re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"WeightsUnpickler error: ([^\n]+)", str(e))
         reason = f" (it asks for {found.group(1)})" if found else ""
