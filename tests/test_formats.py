@@ -796,6 +796,16 @@ def test_a_png_cut_short_says_to_get_it_again(tmp_path):
         load_embedding(tmp_path / "emb.png")
 
 
+def test_a_file_of_no_tensors_says_so(tmp_path):
+    """A safetensors file of metadata alone, or a pickled empty dict, was an "unknown embedding layout with keys ."."""
+    save_file({}, tmp_path / "none.safetensors", metadata={"format": "pt"})
+    torch.save({}, tmp_path / "none.pt")
+    for name in ("none.safetensors", "none.pt"):
+        with pytest.raises(FormatError, match=rf"{name}: holds no tensors at all, so no embedding: .* get the file "
+                                              r"again$"):
+            load_embedding(tmp_path / name)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FormatError, match="nope.pt: no such file"):
         load_embedding(tmp_path / "nope.pt")

@@ -1128,6 +1128,9 @@ def _unknown_layout(path: Path, keys, metadata: Mapping[str, str] | None = None)
                            f"pass the model's folder (the one with model_index.json) as --model")
     if kind is not None:  # another adapter by its modelspec (a controlnet...)
         return FormatError(f"{path}: this is a {kind} ({evidence}), not a textual-inversion embedding")
+    if not shown:  # ("unknown embedding layout with keys ." said nothing)
+        return FormatError(f"{path}: holds no tensors at all, so no embedding: the save that wrote it did not finish, "
+                           "or it was made empty; get the file again")
     names = ", ".join(repr(k) for k in shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
     hint = (" This is A1111's optimizer state (.pt.optim), not the embedding: load the .pt beside it."
             if "optimizer_state_dict" in keys else "")
