@@ -665,6 +665,17 @@ def test_an_animated_or_multi_page_picture_trains_its_first_frame_and_says_so(tm
     assert close(pixel(first.pixels, 8, 8), RED)
 
 
+def test_a_phone_jpeg_holding_more_pictures_is_no_animation(tmp_path):
+    """A phone's JPEG is often an MPO, its second picture a preview, a depth or an HDR gain map: not a frame."""
+    path = tmp_path / "IMG_0001.jpg"
+    solid(path, format="MPO", save_all=True, append_images=[Image.new("RGB", (8, 8))])
+    with Image.open(path) as opened:
+        assert opened.n_frames == 2
+    with caught(AnimatedImageWarning) as rec:
+        load_training_images([path], 16)
+    assert rec.list == []
+
+
 def test_big_photo_is_cropped_from_its_centre(tmp_path):
     img = Image.new("RGB", (4000, 3000), BLUE)
     img.paste(RED, (0, 0, 2000, 3000))  # left half red; the centre square spans x = 500..3500

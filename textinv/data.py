@@ -629,8 +629,9 @@ def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, 
                     f"{path} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} textinv reads; "
                     "shrink it (it is scaled down to the size it is used at anyway)"
                 )
-            # (Pillow opens the first frame; counting an animation's walks its file, so only where it has a second)
-            frames = img.n_frames if getattr(img, "is_animated", False) else 1
+            # (Pillow opens the first frame; counting an animation's walks its file, so only where it has a second.
+            # A phone's JPEG is often an MPO whose other pictures are a preview, a depth or HDR gain map: no frames)
+            frames = img.n_frames if getattr(img, "is_animated", False) and img.format != "MPO" else 1
             orientation = img.getexif().get(0x0112, 1)  # (EXIF's Orientation; 5-8 swap the sides)
             turned = orientation in (5, 6, 7, 8)
             full = (height, width) if turned else (width, height)
