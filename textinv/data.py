@@ -158,6 +158,11 @@ _PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", "
 CAPTION_SUFFIXES = (".txt", ".caption")
 _CAPTION_NAMES = tuple(v for s in CAPTION_SUFFIXES for v in dict.fromkeys((s, s.upper(), s[0] + s[1:].capitalize())))
 
+# The kinds whose further frames are an animation's or a document's pages, of which only the first is read. Pillow
+# counts others' pictures as frames too, that are none: a phone JPEG's (MPO) preview, depth or HDR gain map, and a
+# Photoshop file's layers (PSD: what is read is the picture they make together)
+_FRAMED_FORMATS = {"GIF", "PNG", "WEBP", "AVIF", "TIFF"}
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 
@@ -629,9 +634,9 @@ def _read(path: Path, alpha: bool, need: Callable[[tuple[int, int]], tuple[int, 
                     f"{path} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} textinv reads; "
                     "shrink it (it is scaled down to the size it is used at anyway)"
                 )
-            # (Pillow opens the first frame; counting an animation's walks its file, so only where it has a second.
-            # A phone's JPEG is often an MPO whose other pictures are a preview, a depth or HDR gain map: no frames)
-            frames = img.n_frames if getattr(img, "is_animated", False) and img.format != "MPO" else 1
+            # (Pillow opens the first frame; counting an animation's walks its file, so only where it has a second)
+            framed = img.format in _FRAMED_FORMATS and getattr(img, "is_animated", False)
+            frames = img.n_frames if framed else 1
             orientation = img.getexif().get(0x0112, 1)  # (EXIF's Orientation; 5-8 swap the sides)
             turned = orientation in (5, 6, 7, 8)
             full = (height, width) if turned else (width, height)
