@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from conftest import interrupt_loss_at
-from textinv.config import GenerateConfig, MergeConfig, TrainConfig
+from textinv.config import GenerateConfig, MergeConfig, TrainConfig, check_choices
 from textinv.errors import ConfigError, FormatError, ModelError, UnknownSettingError
 from textinv.formats import LearnedEmbedding
 from textinv.generate import generate
 from textinv.merge import merge
 from textinv.models import load_model
+from textinv.samplers import SAMPLERS
 from textinv.score import ScoreConfig, score
 from textinv.train import TrainingInterrupted, train
 
@@ -235,10 +236,24 @@ def test_a_setting_name_a_config_lacks_is_refused_with_the_one_meant(make, messa
 def test_a_mistyped_choice_from_python_names_the_one_meant(tmp_path):
     """`sampler="eulr"` listed every sampler without the one meant, where the command line's --sampler eulr says
     "did you mean 'euler'?"."""
-    with pytest.raises(ConfigError, match=r"^sampler='eulr' is not one of: .*; did you mean 'euler'\?$"):
+    with pytest.raises(ConfigError, match=r"^sampler='eulr' is not one of its .*; did you mean 'euler'\?$"):
         GenerateConfig(prompt=["a"], sampler="eulr").validate()
     with pytest.raises(ConfigError, match=r"^format='difusers' is not one of: .*; did you mean 'diffusers'\?$"):
         run_config(tmp_path, tmp_path / "o", format="difusers").validate()
+
+
+@pytest.mark.parametrize("make", [lambda: GenerateConfig(prompt=["a"], sampler="eulr"),
+                                  lambda: GenerateConfig(prompt=["a"], hires_sampler="eulr"),
+                                  lambda: ScoreConfig(embedding="e.safetensors", images="pics", sampler="eulr")])
+def test_a_refusal_of_a_sampler_counts_the_names_and_says_where_they_are(make):
+    """A sampler mistyped from Python listed all 122 names (2,000 characters), where the command line's argparse
+    says their count and leaves them to --help: the count, the first few and where every one is listed."""
+    with pytest.raises(ConfigError) as raised:
+        check_choices(make())  # (what `validate` checks them with: ScoreConfig's checks its files first)
+    said = str(raised.value)
+    assert f"is not one of its {len(SAMPLERS)} names (default, euler, euler_a, " in said
+    assert "textinv.samplers.SAMPLERS lists every one); did you mean 'euler'?" in said
+    assert SAMPLERS[-1] not in said and len(said) < 250
 
 
 def test_a_choice_is_named_as_its_user_wrote_it(tmp_path, capsys):
@@ -251,7 +266,8 @@ def test_a_choice_is_named_as_its_user_wrote_it(tmp_path, capsys):
     config = tmp_path / "g.yaml"
     config.write_text(f"sampler: eulr\nout: {tmp_path / 'out'}\nprompt: [x]\n")
     assert main(["generate", "--config", str(config)]) == 2
-    assert "error: --sampler 'eulr' is not one of: " in capsys.readouterr().err
+    assert "error: --sampler 'eulr' is not one of its " in (err := capsys.readouterr().err)
+    assert "textinv generate --help lists every one); did you mean 'euler'?" in err
     with pytest.raises(ConfigError, match=r"^sampler='eulr' is not"):  # (the command line's run is over)
         GenerateConfig(prompt=["a"], sampler="eulr").validate()
 

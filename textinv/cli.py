@@ -34,7 +34,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import ON_COMMAND_LINE, ConfigError, FormatError, TextinvError
+from .errors import LONGEST_LIST, ON_COMMAND_LINE, ConfigError, FormatError, TextinvError
 from .foreign import foreign_hint  # (no more: the rest brings torch, imported inside main's Ctrl-C handler)
 
 
@@ -399,7 +399,7 @@ def _near_choice(message: str) -> str:
     given = match["given"].strip("'")
     choices = [choice.strip("'") for choice in match["choices"].split(", ")]
     near = difflib.get_close_matches(given, choices, n=1) if re.search(r"[a-zA-Z]", given) else []
-    said = f"choose from {match['choices']}" if len(choices) <= 16 else f"one of {len(choices)} names"
+    said = f"choose from {match['choices']}" if len(choices) <= LONGEST_LIST else f"one of {len(choices)} names"
     said += f"; did you mean {near[0]!r}?" if near else ""
     return f"{message[:match.start()]}invalid choice: {match['given']} ({said})"
 

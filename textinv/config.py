@@ -27,7 +27,8 @@ import yaml
 
 from .emphasis import CHUNK, has_and, lora_tags
 from .emphasis import MODES as EMPHASIS
-from .errors import ConfigError, UnknownSettingError, backslash_note, given, setting, warn
+from .errors import (LONGEST_LIST, ON_COMMAND_LINE, ConfigError, UnknownSettingError, backslash_note, first_few, given,
+                     setting, warn)
 from .foreign import foreign_hint
 from .io import read_text
 from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, check_optimizer, check_schedule,
@@ -136,8 +137,27 @@ def check_choices(config) -> None:
         value = getattr(config, f.name)
         if choices and value is not None and value not in choices:
             refused = f.metadata.get("refused", lambda _: None)(value)  # (a field's own answer to a name it lacks)
-            said = refused or f"is not one of: {', '.join(map(str, choices))}" + _near(value, choices)
+            said = refused or _not_one_of(choices, f.metadata.get("listed")) + _near(value, choices)
             raise ConfigError(f"{given(f.name, value)} {said}")
+
+
+# where the choices of a field too many to list in a refusal are (its `listed`): on the command line, from Python
+SAMPLERS_LISTED = ("textinv generate --help", "textinv.samplers.SAMPLERS")
+
+
+def _not_one_of(choices, listed: tuple[str, str] | None) -> str:
+    """What a refusal says of the choices a value is not among: all of them where they are few, as the command
+    line's argparse error lists them, else their count, the first few and where every one is `listed` (the command
+    line's place, or Python's), as the command line leaves them to --help.
+
+    >>> _not_one_of(["l2", "l1"], None)
+    'is not one of: l2, l1'
+    """
+    names = [str(choice) for choice in choices]
+    if len(names) <= LONGEST_LIST:
+        return f"is not one of: {', '.join(names)}"
+    where = f"; {listed[0] if ON_COMMAND_LINE.get() else listed[1]} lists every one" if listed else ""
+    return f"is not one of its {len(names)} names ({first_few(names, 6)}{where})"
 
 
 def _near(value, choices) -> str:
@@ -1214,7 +1234,8 @@ class GenerateConfig:
     clip_skip: int = opt(None, "text-encoder layer read, counted from the end as A1111 counts (1: the last, 2: the "
                                "penultimate); default: what the embeddings were trained with, else 1. SD 1.x/2.x "
                                "(SDXL: 1 or 2, both its penultimate layers)")
-    sampler: str = opt("default", SAMPLER_HELP, choices=SAMPLERS, spellings=SAMPLER_SPELLINGS)
+    sampler: str = opt("default", SAMPLER_HELP, choices=SAMPLERS, spellings=SAMPLER_SPELLINGS,
+                       listed=SAMPLERS_LISTED)
     resolution: int = opt(None, "square image size; default: the model's native size (--width/--height set one side)")
     width: int = opt(None, "image width in pixels, a multiple of 8 (A1111's Width); default: --resolution")
     height: int = opt(None, "image height in pixels, a multiple of 8 (A1111's Height); default: --resolution")
@@ -1305,7 +1326,7 @@ class GenerateConfig:
                                     f"{DEFAULT_UPSCALER}; the web UI's names work, e.g. 'Latent (antialiased)')",
                               choices=tuple(UPSCALERS), spellings=UPSCALER_SPELLINGS, refused=network_upscaler)
     hires_sampler: str = opt(None, "the hires fix's sampler (default: --sampler)", choices=SAMPLERS,
-                             spellings=SAMPLER_SPELLINGS)
+                             spellings=SAMPLER_SPELLINGS, listed=SAMPLERS_LISTED)
     hires_prompt: str = opt(None, "the hires fix's prompt, one for every --prompt (the web UI's Hires prompt; "
                                   "default or empty: each picture's --prompt): learned tokens and <lora:name:0.8> "
                                   "tags work as in --prompt, its LoRAs replacing the prompt's for the second pass")
@@ -2094,7 +2115,7 @@ class ScoreConfig:
     guidance: float = opt(None, "classifier-free guidance scale (default: the model's own; 7.5 for SD)")
     negative_prompt: str = opt("", "negative prompt for every picture")
     sampler: str = opt("default", "sampling method (see textinv generate --help)", choices=SAMPLERS,
-                       spellings=SAMPLER_SPELLINGS)
+                       spellings=SAMPLER_SPELLINGS, listed=SAMPLERS_LISTED)
     clip_skip: int = opt(None, "text-encoder layer read, counted from the end (default: the embedding's)")
     compare: list = opt([], "further embeddings of the same concept to score beside it at the same seeds, e.g. "
                             "a run's embeddings/* to find its best step (each shown by its file name), or hub ids "

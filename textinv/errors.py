@@ -93,6 +93,9 @@ def given(name: str, value) -> str:
     return setting(name, repr(value) if ON_COMMAND_LINE.get() else value)
 
 
+LONGEST_LIST = 16  # (a refusal lists at most this many choices: --sampler's 122 are left to where they are listed)
+
+
 def first_few(names, most: int = 3) -> str:
     """The first `most` of `names`, comma-separated, and ", ..." where there are more: how a message names what it
     found without listing hundreds.
