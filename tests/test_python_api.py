@@ -236,7 +236,7 @@ def test_a_setting_name_a_config_lacks_is_refused_with_the_one_meant(make, messa
 def test_a_mistyped_choice_from_python_names_the_one_meant(tmp_path):
     """`sampler="eulr"` listed every sampler without the one meant, where the command line's --sampler eulr says
     "did you mean 'euler'?"."""
-    with pytest.raises(ConfigError, match=r"^sampler='eulr' is not one of its .*; did you mean 'euler'\?$"):
+    with pytest.raises(ConfigError, match=r"^sampler='eulr' is not one of the .*; did you mean 'euler'\?$"):
         GenerateConfig(prompt=["a"], sampler="eulr").validate()
     with pytest.raises(ConfigError, match=r"^format='difusers' is not one of: .*; did you mean 'diffusers'\?$"):
         run_config(tmp_path, tmp_path / "o", format="difusers").validate()
@@ -251,7 +251,7 @@ def test_a_refusal_of_a_sampler_counts_the_names_and_says_where_they_are(make):
     with pytest.raises(ConfigError) as raised:
         check_choices(make())  # (what `validate` checks them with: ScoreConfig's checks its files first)
     said = str(raised.value)
-    assert f"is not one of its {len(SAMPLERS)} names (default, euler, euler_a, " in said
+    assert f"is not one of the {len(SAMPLERS)} samplers (default, euler, euler_a, " in said
     assert "textinv.samplers.SAMPLERS lists every one); did you mean 'euler'?" in said
     assert SAMPLERS[-1] not in said and len(said) < 250
 
@@ -266,7 +266,7 @@ def test_a_choice_is_named_as_its_user_wrote_it(tmp_path, capsys):
     config = tmp_path / "g.yaml"
     config.write_text(f"sampler: eulr\nout: {tmp_path / 'out'}\nprompt: [x]\n")
     assert main(["generate", "--config", str(config)]) == 2
-    assert "error: --sampler 'eulr' is not one of its " in (err := capsys.readouterr().err)
+    assert "error: --sampler 'eulr' is not one of the " in (err := capsys.readouterr().err)
     assert "textinv generate --help lists every one); did you mean 'euler'?" in err
     with pytest.raises(ConfigError, match=r"^sampler='eulr' is not"):  # (the command line's run is over)
         GenerateConfig(prompt=["a"], sampler="eulr").validate()

@@ -76,7 +76,9 @@ def _config(tmp_path, **settings):
     ({"x": "sampel=euler"}, r"did you mean sampler\?"),
     ({"x": "guidance"}, r"^x='guidance': write AXIS=VALUES, e.g. x='guidance=3,7.5,12' \(axes: "),
     ({"x": "steps="}, r"^x='steps=': no values; .* e.g. x='steps=10-30 \(\+10\)'$"),
-    ({"y": "sampler=euler,euler_z"}, r"y='sampler=euler,euler_z': 'euler_z' is no sampler \(did you mean euler_a"),
+    ({"y": "sampler=euler,euler_z"}, r"y='sampler=euler,euler_z': 'euler_z' is not one of the [0-9]+ samplers "
+                                     r"\(default, euler, .*; textinv.samplers.SAMPLERS lists every one\); did you "
+                                     r"mean 'euler_a'"),
     ({"x": "steps=0,2"}, r"x='steps=0': steps= must be >= 1, got 0"),
     ({"x": "denoise=0.3,0.6"}, r"x='denoise=0.3': denoise= says how much of a picture is redrawn"),
     ({"x": "size=16x17"}, r"x='size=16x17': height= must be a multiple of 8"),

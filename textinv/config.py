@@ -27,15 +27,14 @@ import yaml
 
 from .emphasis import CHUNK, has_and, lora_tags
 from .emphasis import MODES as EMPHASIS
-from .errors import (LONGEST_LIST, ON_COMMAND_LINE, ConfigError, UnknownSettingError, backslash_note, first_few, given,
-                     setting, warn)
+from .errors import ConfigError, UnknownSettingError, backslash_note, given, not_one_of, setting, warn
 from .foreign import foreign_hint
 from .io import read_text
 from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, check_optimizer, check_schedule,
                          memory_saver_note)
 from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
-from .samplers import SAMPLERS, Churn, check_churn, check_discard, check_eta, check_installed, check_steps
+from .samplers import SAMPLERS, SAMPLERS_LISTED, Churn, check_churn, check_discard, check_eta, check_installed, check_steps
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
 from .refine import DEFAULT_UPSCALER, HIRES_DENOISE, IMG2IMG_DENOISE, UPSCALERS, network_upscaler
 from .refine import SPELLINGS as UPSCALER_SPELLINGS
@@ -137,27 +136,8 @@ def check_choices(config) -> None:
         value = getattr(config, f.name)
         if choices and value is not None and value not in choices:
             refused = f.metadata.get("refused", lambda _: None)(value)  # (a field's own answer to a name it lacks)
-            said = refused or _not_one_of(choices, f.metadata.get("listed")) + _near(value, choices)
+            said = refused or not_one_of(choices, f.metadata.get("listed")) + _near(value, choices)
             raise ConfigError(f"{given(f.name, value)} {said}")
-
-
-# where the choices of a field too many to list in a refusal are (its `listed`): on the command line, from Python
-SAMPLERS_LISTED = ("textinv generate --help", "textinv.samplers.SAMPLERS")
-
-
-def _not_one_of(choices, listed: tuple[str, str] | None) -> str:
-    """What a refusal says of the choices a value is not among: all of them where they are few, as the command
-    line's argparse error lists them, else their count, the first few and where every one is `listed` (the command
-    line's place, or Python's), as the command line leaves them to --help.
-
-    >>> _not_one_of(["l2", "l1"], None)
-    'is not one of: l2, l1'
-    """
-    names = [str(choice) for choice in choices]
-    if len(names) <= LONGEST_LIST:
-        return f"is not one of: {', '.join(names)}"
-    where = f"; {listed[0] if ON_COMMAND_LINE.get() else listed[1]} lists every one" if listed else ""
-    return f"is not one of its {len(names)} names ({first_few(names, 6)}{where})"
 
 
 def _near(value, choices) -> str:

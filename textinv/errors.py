@@ -96,6 +96,23 @@ def given(name: str, value) -> str:
 LONGEST_LIST = 16  # (a refusal lists at most this many choices: --sampler's 122 are left to where they are listed)
 
 
+def not_one_of(choices, listed: tuple[str, str, str] | None = None) -> str:
+    """What a refusal says of the choices a value is not among: all of them where they are few, as the command
+    line's argparse error lists them, else their count, the first few and, with `listed` (what they are, where the
+    command line lists every one, where Python does: `samplers.SAMPLERS_LISTED`), where to find them all, as the
+    command line's error leaves them to --help.
+
+    >>> not_one_of(["l2", "l1"]), not_one_of(range(20))
+    ('is not one of: l2, l1', 'is not one of the 20 choices (0, 1, 2, 3, 4, 5, ...)')
+    """
+    names = [str(choice) for choice in choices]
+    if len(names) <= LONGEST_LIST:
+        return f"is not one of: {', '.join(names)}"
+    what, where = (listed[0], f"; {listed[1] if ON_COMMAND_LINE.get() else listed[2]} lists every one") if listed \
+        else ("choices", "")
+    return f"is not one of the {len(names)} {what} ({first_few(names, 6)}{where})"
+
+
 def first_few(names, most: int = 3) -> str:
     """The first `most` of `names`, comma-separated, and ", ..." where there are more: how a message names what it
     found without listing hundreds.

@@ -38,7 +38,7 @@ import json
 import math
 from typing import NamedTuple
 
-from .errors import ConfigError, given, setting
+from .errors import ConfigError, given, not_one_of, setting
 
 
 class Base(NamedTuple):
@@ -140,6 +140,9 @@ _PARTS = {name: (name, "") for name in BASES} | {
     if (base.spaced or schedule == "ddim_uniform" and name in _DDIM_UNIFORM_TOO)
     and not (schedule == "ddim_uniform" and name in _DDIM_UNIFORM_NOT)}
 SAMPLERS = ("default", *_PARTS)
+# the samplers for a refusal too long to list them (`errors.not_one_of`): what they are, where the command line and
+# Python list every one
+SAMPLERS_LISTED = ("samplers", "textinv generate --help", "textinv.samplers.SAMPLERS")
 """Every --sampler name; "default" is the model's own scheduler, as it is."""
 
 # kohya's sampler names (its --sample_sampler and gen_img's --sampler choices, `get_my_scheduler`) that textinv
@@ -566,7 +569,7 @@ def scheduler_for(scheduler, name: str, seeds: list[int] | None = None, flag: st
     if name == "default":
         return scheduler
     if name not in _PARTS:
-        raise ConfigError(f"{_sampler(name, flag, quoted=True)} is not one of: {', '.join(SAMPLERS)}")
+        raise ConfigError(f"{_sampler(name, flag, quoted=True)} {not_one_of(SAMPLERS, SAMPLERS_LISTED)}")
     check_installed(name, flag)
     base, schedule = _PARTS[name]
     cls = _scheduler_class(base)

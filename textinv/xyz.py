@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 
 from .config import SAMPLER_SPELLINGS, SAMPLERS, GenerateConfig, random_seed, spelled
 from .embedding_names import _as_prompted, _file_name
-from .errors import ConfigError, DeviceMemoryError, TextinvError, given, said_once, setting, warns_at_caller
+from .errors import (ConfigError, DeviceMemoryError, TextinvError, given, not_one_of, said_once, setting,
+                     warns_at_caller)
 from .formats import RECORD_KEY, load_embedding, on_disk, second_file
 from .generate import (GenerationInterrupted, _memory_error, _Where, check_refiner_source, checked_settings,
                        _run_suffixes, drawing_dtype, drawing_model, generate_together, launched, make_grid,
@@ -57,7 +58,8 @@ from .models import interrupt_kept, pick_device
 from .run_folder import _nfc, embedding_file
 from .report import INK, PAPER, font
 from .refine import SPELLINGS as UPSCALER_SPELLINGS, UPSCALERS, network_upscaler
-from .samplers import EVEN_SPACINGS, SCHEDULES, check_pass, from_webui, scheduler_for, webui_names
+from .samplers import (EVEN_SPACINGS, SAMPLERS_LISTED, SCHEDULES, check_pass, from_webui, scheduler_for,
+                       webui_names)
 
 SCRIPT = "X/Y/Z plot"  # (the web UI's script's title, which its grids' text names)
 GRID_NAME = "xyz_grid"
@@ -161,8 +163,8 @@ def _samplers(items: list[str], config: GenerateConfig) -> list[str]:
     for item, name in zip(items, names):
         if name not in SAMPLERS:
             near = difflib.get_close_matches(item.lower(), SAMPLERS, n=1)
-            raise ValueError(f"{item!r} is no sampler" + (f" (did you mean {near[0]}?)" if near else "")
-                             + f"; the samplers: {', '.join(SAMPLERS)}")
+            raise ValueError(f"{item!r} {not_one_of(SAMPLERS, SAMPLERS_LISTED)}"
+                             + (f"; did you mean {near[0]!r}?" if near else ""))
     return names
 
 
