@@ -554,6 +554,33 @@ def test_an_interrupted_resume_or_start_job_says_its_own_command_goes_on(images,
            "--resume-or-start resumes it)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stop", ["interrupted", "disk full"])
+def test_a_run_given_threads_is_told_to_continue_at_that_count(images, tmp_path, monkeypatch, capsys, stop):
+    """The printed command goes on bit for bit: a CPU step's sums depend on the thread count, which is not in the
+    run's config.yaml, so the --threads the run was given is in the command (torch's own count otherwise)."""
+    import errno
+
+    import textinv.train as train_module
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "step-000002.pt").write_bytes(b"")
+
+    def stopped(config, **kw):
+        if stop == "interrupted":
+            raise train_module.TrainingInterrupted(3, out / "learned_embeds.safetensors")
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "loss.csv"))
+
+    monkeypatch.setattr(train_module, "train", stopped)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # (this test process keeps its own count)
+    args = ["train", "--images", str(images), "--token", "<t>", "--init", "dog", "--out", str(out)]
+    main(args + ["--threads", "1"])
+    assert f"ontinue with: textinv train --out {out} --resume --threads 1" in capsys.readouterr().err
+    main(args)
+    err = capsys.readouterr().err
+    assert f"ontinue with: textinv train --out {out} --resume" in err and "--threads" not in err, err
+
+
 def test_the_diffusers_scripts_resume_latest_is_answered_with_resume_or_start(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--out", "run", "--resume_from_checkpoint", "latest"])

@@ -176,21 +176,28 @@ def cmd_train(args) -> int:
             return 128 + e.signum
         # the saved config.yaml holds every setting: the folder alone resumes (a repeated --overwrite would refuse)
         again = " (or the same command again: --resume-or-start resumes it)" if config.resume_or_start else ""
-        print(f"\ninterrupted: {e}. Continue with: textinv train --out {shlex.quote(str(config.out))} --resume"
-              f"{again}", file=sys.stderr)
+        print(f"\ninterrupted: {e}. Continue with: {_resume_command(config, args)}{again}", file=sys.stderr)
         return 128 + e.signum  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports them
     except OSError as e:  # a write failed (a full disk, a folder made read-only): what is kept, and how to go on
         from .run_folder import checkpoints
 
         kept = checkpoints(Path(config.out))
         fix = "make room" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
-        then = (f"the last checkpoint ({kept[-1].name}) is kept: {fix}, then continue with: textinv train --out "
-                f"{shlex.quote(str(config.out))} --resume" if kept
+        then = (f"the last checkpoint ({kept[-1].name}) is kept: {fix}, then continue with: "
+                f"{_resume_command(config, args)}" if kept
                 else f"no checkpoint was saved yet: {fix}, then start the run again with "
                      f"{'the same command' if config.resume_or_start else '--overwrite'}")
         print(f"textinv train: error: {e.strerror or e}: {e.filename or 'a file'}; {then}", file=sys.stderr)
         return 2
     return 0
+
+
+def _resume_command(config, args) -> str:
+    """The command that continues an interrupted run: its folder holds every setting, but not --threads, which is
+    no setting of the run; the sums of a CPU step depend on it, so a run given one goes on bit for bit only at the
+    same count (left out, torch's own count is the same again on the same machine)."""
+    threads = f" --threads {args.threads}" if args.threads is not None else ""
+    return f"textinv train --out {shlex.quote(str(config.out))} --resume{threads}"
 
 
 def cmd_generate(args) -> int:
