@@ -814,15 +814,53 @@ def test_a_caption_prefix_or_suffix_naming_a_token_is_refused_in_a_run_of_severa
     TrainConfig(images=str(images), token="<b>", out=str(tmp_path), caption_prefix="<b>").validate()
 
 
-@pytest.mark.parametrize("levers", [dict(channels_last=True), dict(compile="blocks"),
-                                    dict(compile="blocks", channels_last=True)])
-def test_speed_levers_compute_what_the_plain_path_computes(levers, sd1_dir):
+def one_attention_model(folder):
+    """`fresh_model(folder)` with a smaller UNet of its own, the same weights each call: two levels of 32 channels,
+    no middle block, and its one cross-attention in the first down block, so the text's whole gradient comes back
+    through every up block. Torch 2.13's CPU inductor compiles it wrong too (the gradient to the text 56% off; the
+    tiny UNet's 24%), in two thirds of the tiny UNet's CPU time with an empty cache; dynamo traces it faster too."""
+    return small_unet_model(folder, up_block_types=("UpBlock2D", "UpBlock2D"))
+
+
+def two_attention_model(folder):
+    """`one_attention_model(folder)` with a second cross-attention, in the last up block, for the regional compile's
+    checks in channels-last: its transformer blocks are compiled as the tiny UNet's are, a first one whose input
+    carries no gradient (only the text's comes back through it) and a later one whose input does (the gradient also
+    goes back through its self-attention and feed-forward), without the tiny UNet's third, in its middle block: the
+    later kind again at another width, a graph more to compile in each memory layout that checks nothing new (the
+    regional compile tests took 70 s with an empty compile cache on 2 loaded cores, 36 s without it)."""
+    return small_unet_model(folder, up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+
+
+def small_unet_model(folder, up_block_types):
+    """`fresh_model(folder)` with a UNet of two levels of 32 channels, no middle block, a cross-attention in the
+    first down block and `up_block_types`, the same weights each call."""
+    from diffusers import UNet2DConditionModel
+
+    model = fresh_model(folder)
+    torch.manual_seed(0)
+    model.pipeline.unet = UNet2DConditionModel.from_config(
+        {**model.unet.config, "block_out_channels": (32, 32), "mid_block_type": None,
+         "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"), "up_block_types": up_block_types},
+    ).requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("levers, model", [(dict(channels_last=True), two_attention_model),
+                                           (dict(compile="blocks"), fresh_model),
+                                           (dict(compile="blocks", channels_last=True), two_attention_model)])
+def test_speed_levers_compute_what_the_plain_path_computes(levers, model, sd1_dir):
     """channels-last and regional torch.compile change how the UNet runs, not what it computes: its output and the
-    gradient it sends back to the text conditioning match the plain UNet's to float rounding. (On
-    `two_attention_model`'s UNet: both kinds of compiled block the tiny UNet has, in half its compile time.)"""
+    gradient it sends back to the text conditioning match the plain UNet's to float rounding. Regional compile alone
+    is checked on the tiny UNet: its blocks come in two widths, as SD's do, so dynamo compiles the ones after the
+    first with symbolic shapes, as it does for users; and they are the graphs `benchmarks.compile_check --arch tiny
+    --compile blocks` compiles (test_benchmarks.py), so inductor's cache has them and the suite compiles them once
+    (on `two_attention_model`'s UNet, two graphs more to compile with an empty cache). With channels-last, on
+    `two_attention_model`'s UNet: both kinds of block the tiny UNet has, at one width, in half its compile time;
+    the graphs `test_compiled_runs_track_the_plain_run` trains on."""
     from textinv.speed import _unet_and_input_gradient, speed_up_unet, unet_example
 
-    plain, fast = two_attention_model(sd1_dir), two_attention_model(sd1_dir)
+    plain, fast = model(sd1_dir), model(sd1_dir)
     speed_up_unet(fast.unet, **levers)
     if levers.get("channels_last"):
         assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
@@ -885,38 +923,6 @@ def test_the_compile_check_runs_the_graph_that_training_runs(sample_every, sd1_d
     assert model.unet._compiled_call_impl is not None  # (compiled again after each grid)
     if sample_every:
         assert len(list((tmp_path / "run" / "samples").glob("*.png"))) == 3  # steps 0, 2, 3
-
-
-def one_attention_model(folder):
-    """`fresh_model(folder)` with a smaller UNet of its own, the same weights each call: two levels of 32 channels,
-    no middle block, and its one cross-attention in the first down block, so the text's whole gradient comes back
-    through every up block. Torch 2.13's CPU inductor compiles it wrong too (the gradient to the text 56% off; the
-    tiny UNet's 24%), in two thirds of the tiny UNet's CPU time with an empty cache; dynamo traces it faster too."""
-    return small_unet_model(folder, up_block_types=("UpBlock2D", "UpBlock2D"))
-
-
-def two_attention_model(folder):
-    """`one_attention_model(folder)` with a second cross-attention, in the last up block, for the regional compile's
-    checks: its transformer blocks are compiled as the tiny UNet's are, a first one whose input carries no gradient
-    (only the text's comes back through it) and a later one whose input does (the gradient also goes back through
-    its self-attention and feed-forward), without the tiny UNet's third, in its middle block: the later kind again
-    at another width, a graph more to compile in each memory layout that checks nothing new (the regional compile
-    tests took 70 s with an empty compile cache on 2 loaded cores, 36 s without it)."""
-    return small_unet_model(folder, up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-
-
-def small_unet_model(folder, up_block_types):
-    """`fresh_model(folder)` with a UNet of two levels of 32 channels, no middle block, a cross-attention in the
-    first down block and `up_block_types`, the same weights each call."""
-    from diffusers import UNet2DConditionModel
-
-    model = fresh_model(folder)
-    torch.manual_seed(0)
-    model.pipeline.unet = UNet2DConditionModel.from_config(
-        {**model.unet.config, "block_out_channels": (32, 32), "mid_block_type": None,
-         "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"), "up_block_types": up_block_types},
-    ).requires_grad_(False)
-    return model
 
 
 @pytest.mark.parametrize("levers", [dict(compile="blocks", channels_last=True), dict(compile="unet")])
