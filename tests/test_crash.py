@@ -518,6 +518,14 @@ def test_a_resumed_run_says_which_steps_it_learned(sd1_dir, images, tmp_path, ca
     assert "learned <zq>: steps 3-4 (" in capsys.readouterr().out
     train(config(images, out, steps=4, save_every=2, resume=True), model=fresh_model(sd1_dir), progress=True)
     assert "<zq>: nothing to learn, the run was at step 4 already (" in capsys.readouterr().out
+    train(config(images, out, steps=5, save_every=2, resume=True), model=fresh_model(sd1_dir), progress=True)
+    assert "learned <zq>: step 5 (" in capsys.readouterr().out  # (it said "steps 5-5")
+
+
+def test_a_run_of_one_step_says_step(sd1_dir, images, tmp_path, capsys):
+    """It said "learned <zq> in 1 steps"."""
+    train(config(images, tmp_path / "a", steps=1), model=fresh_model(sd1_dir), progress=True)
+    assert "learned <zq> in 1 step (" in capsys.readouterr().out
 
 
 def test_gradient_checkpointing_may_be_turned_on_when_resuming_to_the_same_result(sd1_dir, images, tmp_path):

@@ -1307,9 +1307,10 @@ def _finish(run: _Run, files: list[Path]) -> TrainResult:
         took = time.time() - run.started
         learned = ", ".join(c.token for c in concepts)
         if first_step == 0:
-            what = f"learned {learned} in {step} steps"
+            what = f"learned {learned} in {step} step{'s' * (step != 1)}"
         elif first_step < step:  # (a resumed run: what this one did)
-            what = f"learned {learned}: steps {first_step + 1}-{step}"
+            what = f"learned {learned}: " + (f"steps {first_step + 1}-{step}" if step - first_step > 1 else
+                                             f"step {step}")
         else:
             what = f"{learned}: nothing to learn, the run was at step {step} already"
         print(f"{what} ({took:.0f} s); saved {', '.join(str(f) for f in files)}")
