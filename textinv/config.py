@@ -34,7 +34,8 @@ from .optimizers import (OPTIMIZERS, OWN_STEP_SIZE, canonical_optimizer_args, ch
                          memory_saver_note)
 from .optimizers import SPELLINGS as OPTIMIZER_SPELLINGS
 from .samplers import HELP as SAMPLER_HELP
-from .samplers import SAMPLERS, SAMPLERS_LISTED, Churn, check_churn, check_discard, check_eta, check_installed, check_steps
+from .samplers import (SAMPLERS, SAMPLERS_LISTED, Churn, check_churn, check_discard, check_eta, check_installed,
+                       check_steps)
 from .samplers import SPELLINGS as SAMPLER_SPELLINGS
 from .refine import DEFAULT_UPSCALER, HIRES_DENOISE, IMG2IMG_DENOISE, UPSCALERS, network_upscaler
 from .refine import SPELLINGS as UPSCALER_SPELLINGS
