@@ -1048,3 +1048,26 @@ def test_resume_or_start_starts_again_a_run_killed_between_its_first_files_and_c
         again = train(config(images, out, save_every=3, resume_or_start=True), model=fresh_model(sd1_dir),
                       progress=False)
     assert torch.equal(again.embedding.vectors["text_encoder"], straight.embedding.vectors["text_encoder"])
+
+
+def test_a_resume_after_a_picture_or_caption_changed_in_place_is_refused_naming_them(sd1_dir, images, tmp_path):
+    """The names alone said nothing of a picture edited in place or a caption written, edited or deleted: the run
+    went on with them, silently not ending where it would have. Each checkpoint keeps their bytes' digests now."""
+    out = tmp_path / "run"
+    (images / "img3.txt").write_text("a {} on a table")
+    train(config(images, out, steps=2, save_every=2), model=fresh_model(sd1_dir), progress=False)
+    kept = {name: (images / name).read_bytes() for name in ("img1.png", "img3.txt")}
+    shutil.copy(images / "img0.png", images / "img1.png")
+    (images / "img2.txt").write_text("a {} in a box")
+    (images / "img3.txt").write_text("a {} under a table")
+    with pytest.raises(ConfigError) as e:
+        train(config(images, out, steps=4, resume=True), model=fresh_model(sd1_dir), progress=False)
+    assert (f"the pictures in {images} changed since the run started (edited: img1.png; caption added: img2.png; "
+            f"caption edited: img3.png); put the folder back as it was") in str(e.value), e.value
+    (images / "img3.txt").unlink()
+    (images / "img2.txt").unlink()
+    with pytest.raises(ConfigError, match=r"\(edited: img1.png; caption deleted: img3.png\)"):
+        train(config(images, out, steps=4, resume=True), model=fresh_model(sd1_dir), progress=False)
+    for name, data in kept.items():
+        (images / name).write_bytes(data)
+    assert train(config(images, out, steps=4, resume=True), model=fresh_model(sd1_dir), progress=False).steps == 4

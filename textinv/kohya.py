@@ -540,7 +540,7 @@ def _file_subsets(config: TrainConfig, read: DatasetConfig) -> list[dict[str, An
     path = read.path
     subsets = [_subset(read, i, values, config.resume) for i, values in enumerate(read.subsets)]
     # a resume given the file again: its record agrees, but for where the folders are now (the run moved: its
-    # pictures are checked by name against the checkpoint's, `run_folder.check_resumable`)
+    # pictures are checked by name and bytes against the checkpoint's, `run_folder.check_resumable`)
     moved = config.resume and _but_folders(config.subset_list()) == _but_folders(subsets)
     if config.subsets and config.subset_list() != subsets and not moved:
         if config.resume:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import os
 import re
@@ -26,7 +27,7 @@ import torch
 from . import __version__
 from .config import (ALTERNATIVES, COMMAND_ONLY, DEFAULT_LR, SETTINGS_END, SETTINGS_END_NOTE, TrainConfig, build,
                      clip_steps, read_config_file)
-from .data import _OS_LITTER, PictureSet
+from .data import _OS_LITTER, PictureSet, caption_file
 from .errors import ON_COMMAND_LINE, ConfigError, FormatError, TextinvWarning, setting, warn
 from .formats import (FORMATS, TOKEN_FREE_FORMATS, default_filename, diffusers_file, first_file, load_embedding,
                       second_file, step_filename)
@@ -469,9 +470,9 @@ def _absolute_paths(config: TrainConfig) -> TrainConfig:
 
 def moved_places(out: Path, config: TrainConfig) -> list[str]:
     """What a resume takes from somewhere else than the run had it (a picture folder, a subset's, the model, given
-    where they are now), as 'NAME now NEW (was OLD)', for the resume to say: names are all a moved folder's pictures
-    are checked by, so a resume from the wrong directory, whose relative folder names another project's pictures of
-    the same names, is at least seen."""
+    where they are now), as 'NAME now NEW (was OLD)', for the resume to say: a resume from the wrong directory, whose
+    relative folder names another project's pictures of the same names, is seen, where a checkpoint an earlier
+    textinv wrote holds only the names to check them by (`check_same_contents`)."""
     saved = read_run_settings(out)
     lines = [f"{'pictures' if k == 'images' else '--' + k.replace('_', '-')} now {new} (was {old or 'none'})"
              for k, (old, new) in given_anew(saved, config, ("images", "validation_images") + MODEL_SETTINGS
@@ -652,7 +653,7 @@ def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, h
                      interval: tuple[list[float], int] = ([0.0], 0), pictures: list[list[str]] | None = None,
                      processes: int = 1, skipped: list[int] | None = None, model: dict[str, str] | None = None,
                      validation: tuple[list, list] = ([], []), held_out: list[list[str]] | None = None,
-                     ran_at: tuple[str, str] | None = None) -> None:
+                     ran_at: tuple[str, str] | None = None, contents: list[list[list]] | None = None) -> None:
     """Everything needed to continue exactly: vectors, optimizer and lr state, the data generator, the step, the loss
     history (`history`: its rows, each concept's, and the last rows' learning rates, loss.csv's), and what the data
     stream depends on (each concept's picture names, the number of processes sharing a batch);
@@ -660,11 +661,13 @@ def save_checkpoint(out, step, exts, optimizer, lr_schedule, samplers, scaler, h
     `model`: the model's fingerprints (`model_fingerprints`), so a resume can tell it wherever it is; `validation`:
     the validation losses so far, as `history` (`saved_validation` reads them back); `held_out`: each concept's
     pictures --validation-split holds out, by name as `pictures` (None: no split); `ran_at`: the precision the steps
-    were taken at and the device type, ("bf16", "cuda"), for `check_same_precision`."""
+    were taken at and the device type, ("bf16", "cuda"), for `check_same_precision`; `contents`: each concept's
+    pictures' `picture_contents`, in the order of `pictures`, for `check_same_contents`."""
     state = {
         "step": step,
         "model": model,
         "pictures": pictures,
+        "contents": contents,
         "held_out": held_out,
         "processes": processes,
         "precision": ran_at[0] if ran_at else None,
@@ -827,13 +830,56 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
                 folders = [subset["images"] for subset in config.subset_list()]
                 said = lambda n: _in_subset(n, folders)  # noqa: E731
             detail = name_changes(names, now, said) or f"other pictures held out by {setting('validation_split')}"
-        folder = "the subsets' folders back as they were" if config.subsets else "the folder back as it was"
-        learned = saved_vectors_file(out)  # (what the run learned so far need not be lost with it)
-        keep = (f", or keep what it learned: start a new run from its vectors with {_new_run_from(learned)}"
-                if learned is not None else "")
-        raise ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
-                          f"({detail}); put {folder}, or start a new run with {setting('overwrite', True)}{keep}")
+        raise _pictures_changed(config, pictures, detail)
     return ordered, moved
+
+
+def _pictures_changed(config: TrainConfig, pictures: PictureSet, detail: str) -> ConfigError:
+    """The refusal of a resume whose `pictures` are not the run's (`detail`: how), with the ways on."""
+    out = Path(config.out)
+    folder = "the subsets' folders back as they were" if config.subsets else "the folder back as it was"
+    learned = saved_vectors_file(out)  # (what the run learned so far need not be lost with it)
+    keep = (f", or keep what it learned: start a new run from its vectors with {_new_run_from(learned)}"
+            if learned is not None else "")
+    return ConfigError(f"cannot resume {out}: the pictures in {pictures.where} changed since the run started "
+                       f"({detail}); put {folder}, or start a new run with {setting('overwrite', True)}{keep}")
+
+
+def picture_contents(pictures: PictureSet) -> list[list[str | None]]:
+    """Each picture's file and caption file as short digests, `[picture, caption]` (None: no caption file), in the
+    order of `pictures`: a checkpoint records them, as the names, so that a resume sees a picture edited in place or
+    a caption written, edited or deleted since the run started, which would change what the rest of the run learns
+    with nothing said (`check_same_contents`). Pictures that moved keep their bytes, so they still resume."""
+    return [[_digest(path), _digest(caption) if (caption := caption_file(path, extension)) else None]
+            for path, extension in zip(pictures.paths, pictures.caption_extensions)]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=8).hexdigest()
+
+
+def check_same_contents(checkpoint: tuple[Path, dict], config: TrainConfig, found: list[PictureSet],
+                        contents: list[list[list[str | None]]]) -> None:
+    """Refuse, before the model loads, a resume whose pictures have their run's names (`check_resumable`, which
+    put `found` in the checkpoint's order) but other bytes: `contents`, their `picture_contents` now, against the
+    checkpoint's. A checkpoint an earlier textinv wrote records none: its run resumes as before, by names."""
+    saved = checkpoint[1].get("contents") or [None] * len(found)
+    said = str
+    if config.subsets:  # ("2/a.png": the second subset's a.png, said where that folder is now)
+        folders = [subset["images"] for subset in config.subset_list()]
+        said = lambda n: _in_subset(n, folders)  # noqa: E731
+    for pictures, then, now in zip(found, saved, contents):
+        if then is None or then == now:
+            continue
+        changed: dict[str, list[str]] = {}
+        for name, (picture, caption), (picture_now, caption_now) in zip(pictures.names, then, now):
+            if picture != picture_now:
+                changed.setdefault("edited", []).append(said(name))
+            if caption != caption_now:
+                how = "added" if caption is None else "deleted" if caption_now is None else "edited"
+                changed.setdefault(f"caption {how}", []).append(said(name))
+        raise _pictures_changed(config, pictures, "; ".join(f"{how}: {', '.join(names)}"
+                                                            for how, names in changed.items()))
 
 
 def _new_run_from(learned: Path) -> str:

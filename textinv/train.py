@@ -61,9 +61,9 @@ from .models import (DTYPES, LAUNCHED_AT, EarlyInterrupt, Model, check_clip_skip
 from .optimizers import (SCHEDULE_FREE, _clip_rows, _rate_from_schedule, _step_skipping_overflows, evaluating,
                          make_optimizer)
 from .run_folder import (CONFIG_FILE, LOSS_LOG, MODEL_SETTINGS, SAMPLES_DIR, STEP_EMBEDDINGS_DIR, VALIDATION_LOG,
-                         check_resumable, check_same_model, check_same_precision, clear_run,
+                         check_resumable, check_same_contents, check_same_model, check_same_precision, clear_run,
                          clear_temporaries, concept_folder, left_out_as_run, load_checkpoint, moved_places,
-                         newest_checkpoint, prepare_output, resume_or_start, run_lock,
+                         newest_checkpoint, picture_contents, prepare_output, resume_or_start, run_lock,
                          save_checkpoint, saved_validation, settings_to_resume, write_loss_log)
 from .sample_prompts import SamplePrompt, as_sample, prompt_file
 from .samplers import scheduler_for
@@ -400,6 +400,7 @@ class _Run:
     specs: list[dict] = field(default_factory=list)  # each concept's token, init text and folder
     found: list[PictureSet] = field(default_factory=list)  # each concept's pictures
     held_back: list = field(default_factory=list)  # each concept's pictures held out for the validation loss
+    contents: list = field(default_factory=list)  # each concept's pictures' bytes as digests (`picture_contents`)
     checkpoint: tuple[Path, dict] | None = None  # the one a --resume goes on from
     repeats: list[list[int]] = field(default_factory=list)  # each picture's times in an epoch
     length: str | None = None  # (how --epochs became the steps: printed, and kept in config.yaml's header)
@@ -536,7 +537,8 @@ class _Run:
                             skipped=self.skipped, model=self.fingerprints,
                             validation=(self.validated, self.validated_by_concept),
                             held_out=([held.names for held in self.held_back] if self.held_back[0] is not None
-                                      else None), ran_at=(precision_name(self.dtype), self.device.type))
+                                      else None), ran_at=(precision_name(self.dtype), self.device.type),
+                            contents=self.contents)
         # (a run stopped by a non-finite loss keeps its finite curve)
         self.write_loss_log()
         # (as the checkpoint has them: a second Ctrl-C between a score and its row left the row out)
@@ -739,6 +741,10 @@ def _check_inputs(run: _Run, model: Model | None, saved: dict | None) -> None:
         if config.validation_images is not None:  # (not trained on: a change is said, the run goes on)
             _warn_other_validation_pictures(checkpoint[1], held_back[0], step=int(checkpoint[1]["step"]))
         repeats = [[n * config.repeats for n in pictures.repeats] for pictures in found]
+    # (each picture's and caption's bytes, in the checkpoint's order: each checkpoint records them, a resume compares)
+    run.contents = [picture_contents(pictures) for pictures in found]
+    if checkpoint is not None:
+        check_same_contents(checkpoint, config, found, run.contents)
     start_from = None
     if config.init_embedding:
         specs[0]["init"] = f"embedding {shareable_name(config.init_embedding, True)[0]}"  # (the file records its name)
