@@ -323,13 +323,14 @@ def test_resume_after_the_pictures_changed_is_refused_before_loading(sd1_dir, tm
     run = dict(concepts=[f"{dogs}=<jd>", f"{cats}=<jc>"], out=str(tmp_path / "o"), model=str(sd1_dir), steps=2,
                batch=3, save_every=2, sample_every=0)
     train(TrainConfig(**run), progress=False)
+    kept = (cats / "img2.png").read_bytes()
     (cats / "img2.png").unlink()
     real_load = train_module.load_model
     monkeypatch.setattr(train_module, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
     with pytest.raises(ConfigError, match=f"pictures in {cats} changed since the run started .missing now: "
                                           "img2.png.*put the folder back"):
         train(TrainConfig(**run, resume=True), progress=False)
-    shutil.copy(dogs / "img0.png", cats / "img2.png")
+    (cats / "img2.png").write_bytes(kept)  # (the picture itself: another of its name is refused as edited)
     shutil.copy(dogs / "img0.png", dogs / "img9.png")
     with pytest.raises(ConfigError, match=f"pictures in {dogs} changed since the run started .new: img9.png"):
         train(TrainConfig(**run, resume=True), progress=False)
