@@ -1071,3 +1071,18 @@ def test_a_resume_after_a_picture_or_caption_changed_in_place_is_refused_naming_
     for name, data in kept.items():
         (images / name).write_bytes(data)
     assert train(config(images, out, steps=4, resume=True), model=fresh_model(sd1_dir), progress=False).steps == 4
+
+
+def test_a_resume_from_the_command_line_takes_its_runs_thread_count(sd1_dir, images, tmp_path):
+    """The line an interrupted run prints, `textinv train --out DIR --resume`, names no --threads: a run started
+    with `--threads 1` went on at torch's own count (one per core), whose float sums are split otherwise, and did
+    not end bit for bit where it would have. Left out, the count is the run's now, as its other settings are."""
+    out = tmp_path / "run"
+    torch.set_num_threads(2)  # (what --threads 2 sets; config.yaml's header records it)
+    train(config(images, out, steps=2, save_every=2, model=str(sd1_dir)), progress=False)
+    torch.set_num_threads(1)  # (another count, as a new process on another machine has it)
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 0
+    assert torch.get_num_threads() == 2
+    assert "on cpu, torch.float32, 2 threads\n" in (out / "config.yaml").read_text()
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "6", "--threads", "1"]) == 0  # (given: its)
+    assert "on cpu, torch.float32, 1 thread\n" in (out / "config.yaml").read_text()

@@ -166,9 +166,15 @@ def cmd_train(args) -> int:
     from .config import TrainConfig
     from .train import TrainingInterrupted, train
 
+    config = _config_from_args(TrainConfig, args)
+    if args.threads is None and (config.resume or config.resume_or_start):
+        from .run_folder import saved_threads
+
+        # (the run's own count, as every other setting is the run's: the `--resume` line an interrupted run prints
+        # names no --threads, and another count does not end bit for bit where the run would have)
+        args.threads = saved_threads(config.out)
     if args.threads is not None:
         _set_threads(args.threads)
-    config = _config_from_args(TrainConfig, args)
     try:
         train(config)
     except TrainingInterrupted as e:
@@ -326,7 +332,7 @@ def _add_cpu_threads(p: argparse.ArgumentParser) -> None:
     """`train`'s, `generate`'s and `score`'s --threads: torch's own count (every core) unless given, as before it
     existed."""
     p.add_argument("--threads", type=int, help="torch CPU threads, for a run on the CPU (default: torch's, one per "
-                   "core); on a machine busy with other work, 1 can be several times faster (a shapes-model training "
+                   "core; train's --resume: the run's); on a machine busy with other work, 1 can be several times faster (a shapes-model training "
                    "step on the loaded 2-core VM: 0.17 s on 1, about 1.5 s on 2)")
 
 

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import itertools
 import os
 import re
 import shlex
@@ -315,6 +316,23 @@ def read_run_settings(out: str | os.PathLike) -> dict:
     if settings.get("lr_steps") is not None and settings.get("lr") == DEFAULT_LR:  # (an older textinv wrote its
         settings["lr"] = None  # default beside a stepped rate, where --lr was left out: this one writes None)
     return settings
+
+
+def saved_threads(out: str | os.PathLike) -> int | None:
+    """The torch CPU threads a run in `out` took its steps on, as its config.yaml's header records them ("... on
+    cpu, torch.float32, 1 thread"); None where it ran elsewhere, or there is no such record. torch splits some float
+    sums by thread, so a resume on another count does not end bit for bit where the run would have.
+
+    >>> saved_threads("no/such/run") is None
+    True
+    """
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        with open(Path(out) / CONFIG_FILE, encoding="utf-8-sig") as f:
+            for line in itertools.islice(f, 3):
+                found = re.match(r"# ran with .* on cpu, [^,]+, (\d+) threads?$", line.rstrip())
+                if found:
+                    return int(found[1])
+    return None
 
 
 @contextlib.contextmanager
