@@ -1086,3 +1086,9 @@ def test_a_resume_from_the_command_line_takes_its_runs_thread_count(sd1_dir, ima
     assert "on cpu, torch.float32, 2 threads\n" in (out / "config.yaml").read_text()
     assert cli.main(["train", "--out", str(out), "--resume", "--steps", "6", "--threads", "1"]) == 0  # (given: its)
     assert "on cpu, torch.float32, 1 thread\n" in (out / "config.yaml").read_text()
+
+
+def test_a_resume_without_an_out_is_told_to_give_one(capsys):
+    """(Not a TypeError from looking for its run's thread count in no folder.)"""
+    assert cli.main(["train", "--resume"]) == 2
+    assert "--out is required" in capsys.readouterr().err

@@ -167,7 +167,7 @@ def cmd_train(args) -> int:
     from .train import TrainingInterrupted, train
 
     config = _config_from_args(TrainConfig, args)
-    if args.threads is None and (config.resume or config.resume_or_start):
+    if args.threads is None and (config.resume or config.resume_or_start) and config.out:
         from .run_folder import saved_threads
 
         # (the run's own count, as every other setting is the run's: the `--resume` line an interrupted run prints
