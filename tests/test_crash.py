@@ -1088,6 +1088,18 @@ def test_a_resume_from_the_command_line_takes_its_runs_thread_count(sd1_dir, ima
     assert "on cpu, torch.float32, 1 thread\n" in (out / "config.yaml").read_text()
 
 
+def test_a_resume_on_a_machine_of_fewer_cores_keeps_its_own_thread_count(sd1_dir, images, tmp_path, monkeypatch):
+    """A run of 2 threads moved to a machine of 1 core goes on at that machine's count: 2 threads there would
+    crawl, and end otherwise anyway (another machine's kernels)."""
+    out = tmp_path / "run"
+    torch.set_num_threads(2)
+    train(config(images, out, steps=2, save_every=2, model=str(sd1_dir)), progress=False)
+    torch.set_num_threads(1)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 1)
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 0
+    assert torch.get_num_threads() == 1
+
+
 def test_a_resume_without_an_out_is_told_to_give_one(capsys):
     """(Not a TypeError from looking for its run's thread count in no folder.)"""
     assert cli.main(["train", "--resume"]) == 2

@@ -171,8 +171,10 @@ def cmd_train(args) -> int:
         from .run_folder import saved_threads
 
         # (the run's own count, as every other setting is the run's: the `--resume` line an interrupted run prints
-        # names no --threads, and another count does not end bit for bit where the run would have)
-        args.threads = saved_threads(config.out)
+        # names no --threads, and another count does not end bit for bit where the run would have; not more threads
+        # than this machine has cores, a run moved to a smaller one, which would crawl, and end otherwise anyway)
+        saved = saved_threads(config.out)
+        args.threads = saved if saved is not None and saved <= (os.cpu_count() or saved) else None
     if args.threads is not None:
         _set_threads(args.threads)
     try:
@@ -332,8 +334,9 @@ def _add_cpu_threads(p: argparse.ArgumentParser) -> None:
     """`train`'s, `generate`'s and `score`'s --threads: torch's own count (every core) unless given, as before it
     existed."""
     p.add_argument("--threads", type=int, help="torch CPU threads, for a run on the CPU (default: torch's, one per "
-                   "core; train's --resume: the run's); on a machine busy with other work, 1 can be several times faster (a shapes-model training "
-                   "step on the loaded 2-core VM: 0.17 s on 1, about 1.5 s on 2)")
+                   "core; train's --resume: the run's, where this machine has as many cores); on a machine busy with "
+                   "other work, 1 can be several times faster (a shapes-model training step on the loaded 2-core VM: "
+                   "0.17 s on 1, about 1.5 s on 2)")
 
 
 def _add_model_version(p: argparse.ArgumentParser) -> None:
