@@ -6,6 +6,7 @@ import re
 import subprocess
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -684,6 +685,53 @@ def test_an_embedding_no_prompt_uses_is_warned_about(sd1_dir, tmp_path, capsys):
 
     w = caught[0]
     assert _short_warning(w.message, w.category, w.filename, w.lineno) == f"textinv: warning: {w.message}\n"
+
+
+def _drawing_three_pictures_that_warn(config, **kw):
+    """generate, as a fake: a warning before its bar, then one as the second of three pictures is drawn."""
+    import textinv.generate
+
+    warnings.warn("before the bar")
+    bar = textinv.generate.tqdm(total=3, desc="generate", unit="img")
+    for picture in range(3):
+        if picture == 1:
+            warnings.warn("as the bar is drawn")
+        bar.update()
+    bar.close()
+    return []
+
+
+def test_a_warning_raised_as_a_bar_is_drawn_is_written_on_its_own_line_above_it(monkeypatch, capsys):
+    """A warning raised mid-bar was written after the bar's text, on its line (`generate:  33%|███ | 1/3
+    [00:01<00:02]textinv: warning: ...`), and the bar drawn over it; it is now written on its own line, as tqdm.write
+    writes, with the bar drawn again below it. One raised with no bar drawn is written as it was."""
+    import textinv.generate
+
+    def written_as_python_does(msg):  # (CPython's `_showwarnmsg_impl`, which pytest's record of warnings replaces)
+        (msg.file or sys.stderr).write(warnings.formatwarning(msg.message, msg.category, msg.filename, msg.lineno))
+
+    monkeypatch.setattr(warnings, "_showwarnmsg_impl", written_as_python_does)
+    monkeypatch.setattr(textinv.generate, "generate", _drawing_three_pictures_that_warn)
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["generate", "--prompt", "a dog"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("textinv: warning: before the bar\n")
+    assert "textinv: warning: as the bar is drawn" in re.split(r"[\r\n]", err)
+    assert err.rindex("generate:") > err.index("as the bar is drawn") and "3/3" in err[err.index("as the bar"):]
+    assert warnings.showwarning is before  # (Python's own again once the command returns)
+
+
+def test_a_warning_raised_as_a_bar_is_drawn_is_still_recorded_by_catch_warnings(monkeypatch, capsys):
+    """pytest.warns (catch_warnings(record=True)) around `main` records the warnings of a run, bar or none."""
+    import textinv.generate
+
+    monkeypatch.setattr(textinv.generate, "generate", _drawing_three_pictures_that_warn)
+    with pytest.warns(UserWarning) as caught:
+        assert main(["generate", "--prompt", "a dog"]) == 0
+    assert [str(w.message) for w in caught] == ["before the bar", "as the bar is drawn"]
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_inspect_writes_tokens_as_words():

@@ -424,6 +424,35 @@ def _short_warning(message, category, filename, lineno, file=None, line=None) ->
     return f"textinv: warning: {message}\n"  # (not Python's file:line and the source line of the warning call)
 
 
+def _warning_above_bars(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python's own showwarning, but a warning raised while a progress bar is drawn (train's, generate's) is written
+    as tqdm.write writes, on lines of its own with the bar drawn again below them, not after the bar's text on its
+    line. Only the write changes: a catch_warnings(record=True) in effect still records the warning."""
+    stream = sys.stderr if file is None else file
+    if stream is not None and _bar_drawn():
+        file = _AboveBars(stream)
+    warnings._showwarning_orig(message, category, filename, lineno, file, line)
+
+
+def _bar_drawn() -> bool:
+    from tqdm import tqdm
+
+    return any(not bar.disable for bar in list(tqdm._instances))  # (a copy: a bar may close in another thread)
+
+
+class _AboveBars:
+    """A stream whose writes go above the progress bars drawn on it: the bars cleared, the text written, the bars
+    drawn again."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=self._stream, end="")
+
+
 # each command's line in `textinv --help`
 _HELP = {
     "train": "learn a token from a folder of pictures",
@@ -661,6 +690,9 @@ _WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 def main(argv: list[str] | None = None) -> int:
     python_format, warnings.formatwarning = warnings.formatwarning, _short_warning
+    python_show = warnings.showwarning
+    if python_show is getattr(warnings, "_showwarning_orig", None):  # (Python's own: not a logger's, nor IPython's)
+        warnings.showwarning = _warning_above_bars
     on_command_line = ON_COMMAND_LINE.set(True)  # (refusals name flags, not Python's keywords: `errors.given`)
     try:
         # (building the parser imports torch and diffusers: seconds a Ctrl-C may come in) ~300k objects, none of
@@ -688,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: {e}" if str(e) else "\ninterrupted", file=sys.stderr)
         return 130
     finally:
-        warnings.formatwarning = python_format
+        warnings.formatwarning, warnings.showwarning = python_format, python_show
         ON_COMMAND_LINE.reset(on_command_line)
 
 
