@@ -1014,19 +1014,107 @@ def test_a_notice_of_the_run_is_said_once_per_plot_not_once_per_cell(sd1_dir, tm
     assert len(said) == 1, said
 
 
-def test_a_ctrl_c_in_a_cell_names_the_cell_and_the_cells_written_before_it(sd1_dir, tmp_path, monkeypatch, capsys):
+def test_a_ctrl_c_in_a_cell_writes_the_partial_grid_of_the_cells_drawn_before_it(sd1_dir, tmp_path, monkeypatch,
+                                                                                capsys):
     """A Ctrl-C in an X/Y/Z plot's cell says which cell it stopped in, what of it was written, and that the cells
-    before it are written, with no grid."""
+    before it are written, with the grid of them: the cells not drawn black, as the web UI leaves a cell that drew
+    nothing, its name and text saying it is partial; `--again` on it is refused naming the cells it lacks, unless its
+    axis is given beside it (the whole plot drawn, as asked)."""
     from conftest import interrupted_at
 
-    interrupted_at(monkeypatch, generate_module, "_draw_batch", 2)  # (the second cell's one batch)
+    interrupted_at(monkeypatch, generate_module, "_draw_batch", 3)  # (the third cell's one batch)
+    out = tmp_path / "r"
+    command = ["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "1", "--steps", "1", "--width", "16",
+               "--height", "16"]
+    assert main([*command, "--out", str(out), "--x", "cfg=2,4", "--y", "steps=1,2"]) == 130
+    said = capsys.readouterr().err
+    grid = out / "xyz_grid-0000-partial.png"
+    assert ("interrupted: in the X/Y/Z plot's cell 3 of 4 (--x guidance=2.0, --y steps=2), where none of 1 picture had "
+            f"been written; the 2 cells before it are written in {out}, and the partial grid of them, {grid} (the 2 "
+            f"cells not drawn left black)") in said
+    assert [p.name for p in out.glob("xyz_grid*")] == [grid.name] and len(list(out.glob("*.png"))) == 3
+    text = Image.open(grid).text
+    plotted = json.loads(text["xyz_plot"])
+    assert plotted["partial"] == {"cells": 4, "missing": [3, 4]}
+    assert plotted["cells"] == [["000-a-dog-s0.png"], ["000-a-dog-s0-2.png"], None, None]
+    _, _, _, cells = cells_of(grid, 2, 2, 16, 16)
+    assert np.array_equal(cells[0], pixels(out / "000-a-dog-s0.png"))
+    assert np.array_equal(cells[1], pixels(out / "000-a-dog-s0-2.png"))
+    assert not cells[2].any() and not cells[3].any()  # (black)
+    assert json.loads(text[RECORD_KEY])["xyz_partial"] == {"cells": 4, "missing": [3, 4]}
+
+    assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--out", str(tmp_path / "a")]) == 2
+    assert (f"error: --again {grid} is the grid of an X/Y/Z plot stopped part-way: its cells 3 and 4 of its 4 were "
+            f"not drawn (black in it), so it is no whole plot to draw again; to draw the whole plot, give its axis "
+            f"beside --again: --x guidance=2,4;") in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    monkeypatch.undo()
+    assert main(["generate", "--again", str(grid), "--model", str(sd1_dir), "--out", str(tmp_path / "a"), "--x",
+                 "guidance=2,4"]) == 0
+    assert (tmp_path / "a" / "xyz_grid-0000.png").is_file() and len(list((tmp_path / "a").glob("*.png"))) == 5
+    # a partial grid takes the next number, and a whole one the one after it
+    assert main([*command, "--out", str(out), "--x", "cfg=2"]) == 0
+    assert (out / "xyz_grid-0001.png").is_file()
+
+
+def test_a_plot_stopped_in_its_first_cell_writes_no_grid(sd1_dir, tmp_path, monkeypatch, capsys):
+    from conftest import interrupted_at
+
+    interrupted_at(monkeypatch, generate_module, "_draw_batch", 1)
     out = tmp_path / "r"
     assert main(["generate", "--model", str(sd1_dir), "--prompt", "a dog", "-n", "1", "--steps", "1", "--width", "16",
                  "--out", str(out), "--x", "cfg=2,4,6"]) == 130
-    said = capsys.readouterr().err
-    assert ("interrupted: in the X/Y/Z plot's cell 2 of 3 (--x guidance=4.0), where none of 1 picture had been written; "
-            f"the 1 cell before it is written in {out}, with no grid") in said
-    assert len(list(out.glob("*.png"))) == 1 and not list(out.glob("xyz_grid*"))
+    assert ("interrupted: in the X/Y/Z plot's cell 1 of 3 (--x guidance=2.0), where none of 1 picture had been "
+            f"written; the 0 cells before it are written in {out}, with no grid") in capsys.readouterr().err
+    assert not list(out.glob("*.png"))
+
+
+def test_running_out_of_memory_or_a_failed_write_in_a_later_cell_writes_the_partial_grid(sd1_dir, tmp_path,
+                                                                                        monkeypatch):
+    """Each with its own error, which says where the partial grid is; with --z and --xyz-sub-grids, a --z value's
+    grid alone is partial where it lacks cells, whole where it has them all, and not written where it has none."""
+    import errno
+
+    from conftest import interrupted_at
+
+    from textinv.errors import DeviceMemoryError
+
+    model = fresh_model(sd1_dir)
+    config = _config(tmp_path, model=str(sd1_dir), steps=1, x="guidance=2,4", y="steps=1,2",
+                     z="size=16x16,16x24,24x16", xyz_sub_grids=True)
+    interrupted_at(monkeypatch, generate_module, "_draw_batch", 6,
+                   DeviceMemoryError("out of memory on cuda drawing 1 picture at once. No picture was written"))
+    with pytest.raises(DeviceMemoryError, match=r"^the X/Y/Z plot's cell 6 of 12 .* The 5 cells before it are written "
+                                                r"in \S+, and the partial grid of them, \S+xyz_grid-0000-partial.png, "
+                                                r"\S+xyz_grid-0001.png, \S+xyz_grid-0002-partial.png \(the 7 cells not "
+                                                r"drawn left black\)$"):
+        xyz.plot(config, model=model, progress=False)
+    out = Path(config.out)
+    assert sorted(p.name for p in out.glob("xyz_grid*")) == ["xyz_grid-0000-partial.png", "xyz_grid-0001.png",
+                                                              "xyz_grid-0002-partial.png"]
+    assert "partial" not in json.loads(Image.open(out / "xyz_grid-0001.png").text["xyz_plot"])
+    assert json.loads(Image.open(out / "xyz_grid-0002-partial.png").text["xyz_plot"])["partial"] == {
+        "cells": 4, "missing": [2, 3, 4]}
+    monkeypatch.undo()
+
+    config = replace(config, z=None, xyz_sub_grids=False, out=str(tmp_path / "w"))
+    interrupted_at(monkeypatch, generate_module, "_save_new", 2, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(ConfigError, match=r"cannot write .*; in the X/Y/Z plot's cell 2 of 4 \(x='guidance=4.0', "
+                                          r"y='steps=1'\): the 1 cell before it is written in \S+w, and the partial "
+                                          r"grid of them, \S+xyz_grid-0000-partial.png \(the 3 cells not drawn left "
+                                          r"black\)$"):
+        xyz.plot(config, model=model, progress=False)
+    # a grid that cannot be written either (the disk full): said, and the cell's error raised
+    monkeypatch.undo()
+    interrupted_at(monkeypatch, generate_module, "_save_new", 2, OSError(errno.ENOSPC, "No space left on device"))
+    interrupted_at(monkeypatch, xyz, "_save_grid", 1, OSError(errno.ENOSPC, "No space left on device"))
+    config = replace(config, out=str(tmp_path / "w2"))
+    with pytest.raises(ConfigError, match=r"cannot write .*; in the X/Y/Z plot's cell 2 of 4 .*: the 1 cell before it "
+                                          r"is written in \S+w2; the partial grid of them could not be written \(.*"
+                                          r"cannot write a picture \(No space left on device\); the 1 picture written "
+                                          r"before it is in \S+w2: make room, then run the command again\)$"):
+        xyz.plot(config, model=model, progress=False)
+    assert not list(Path(config.out).glob("xyz_grid*"))
 
 
 def _text_but_the_batch(path):

@@ -51,6 +51,7 @@ import dataclasses
 import json
 import math
 import re
+import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,8 @@ from .samplers import (CHURN_LABELS, COMFY_UNLIKE, EVEN_SPACINGS, churn_taken, d
 # what the record holds beside the settings, and the settings a redraw takes from the command, not the picture
 # (template, negative_template: what a dynamic prompt was drawn from, not redrawn)
 _RECORD_EXTRAS = ("textinv_version", "batch_seeds", "settings", "embedding_sha256", "init_image_sha256", "mask_sha256",
-                  "by_name", "template", "negative_template", COMFY_BARE_TOKENS)
+                  "by_name", "template", "negative_template", COMFY_BARE_TOKENS,
+                  "xyz_partial")  # (`xyz.PARTIAL_KEY`: a stopped X/Y/Z plot's grid's cells not drawn, `_partial_plot`)
 _NOT_RECORDED = ("out", "n")
 # the per-key text textinv wrote before it wrote the record (0.x): read as settings
 _OLD_KEYS = ("prompt", "negative_prompt", "seed", "steps", "sampler", "guidance", "size", "clip_skip", "model",
@@ -483,10 +485,46 @@ def _from_record(path: Path, text: str) -> Picture:
     by_name = record.get("by_name")
     by_name = [k for k in by_name if k in settings] if isinstance(by_name, list) else []
     init, mask = record.get("init_image_sha256"), record.get("mask_sha256")
-    return Picture(path, "textinv", settings, batch, version, digests, by_name=by_name,
+    partial = record.get("xyz_partial")
+    needs = _partial_plot(path, settings, partial) if isinstance(partial, dict) else {}
+    return Picture(path, "textinv", settings, batch, version, digests, needs=needs, by_name=by_name,
                    init_digest=init if isinstance(init, str) else None,
                    mask_digest=mask if isinstance(mask, str) else None,
                    bare_tokens_drawn=settings.get("emphasis") == "comfy" and COMFY_BARE_TOKENS not in record)
+
+
+def _partial_plot(path: Path, settings: dict[str, Any], partial: dict) -> dict[str, str]:
+    """The grid of an X/Y/Z plot stopped part-way (`xyz._stopped`): its cells not drawn are black, so it is no whole
+    plot and holds no settings of theirs for a redraw of what it shows alone; drawn again it is refused, naming them,
+    unless its first axis is given beside `--again` (then the whole plot is drawn, as asked). `needs` for that."""
+    key = next((k for k in ("x", "y", "z") if settings.get(k)), None)
+    missing = [n for n in partial.get("missing", []) if isinstance(n, int) and not isinstance(n, bool)]
+    if key is None or not missing:
+        return {}
+    cells = partial.get("cells")
+    of = f" of its {cells}" if isinstance(cells, int) and not isinstance(cells, bool) else ""
+    return {key: f"--again {path} is the grid of an X/Y/Z plot stopped part-way: its {_numbered(missing)}{of} "
+                 f"{'were' if len(missing) > 1 else 'was'} not drawn (black in it), so it is no whole plot to draw "
+                 f"again; to draw the whole plot, give its axis beside --again: --{key} {shlex.quote(settings[key])}; "
+                 f"to draw one cell, give --again that cell's picture (its xyz_plot text names each cell's files)"}
+
+
+def _numbered(numbers: list[int]) -> str:
+    """Cells by their numbers, runs of them as ranges.
+
+    >>> _numbered([4]), _numbered([2, 3]), _numbered([1, 2, 4, 5, 6, 7, 9]), _numbered([31, 32, 33])
+    ('cell 4', 'cells 2 and 3', 'cells 1, 2, 4-7 and 9', 'cells 31-33')
+    """
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    said = [part for r in runs for part in ([f"{r[0]}-{r[-1]}"] if len(r) > 2 else map(str, r))]
+    if len(said) == 1:
+        return f"cell{'s' * (len(runs[0]) > 1)} {said[0]}"
+    return f"cells {', '.join(said[:-1])} and {said[-1]}"
 
 
 def _from_old_keys(path: Path, text: dict[str, str]) -> Picture:

@@ -17,7 +17,9 @@ draws the same seeds (--seed, and -n pictures from it) unless the seed is an axi
 cell of several pictures (-n, several --prompt) holds them all, laid out as the web UI lays out a batch
 (`_cell_picture`). Everything is checked before the model loads: the axes, their values, the count and the cells'
 settings (each as generate checks its own before loading: the files, prompts and pictures they name too).
-The grid keeps its first cell's record with the axes, so `--again GRID` draws the whole plot again.
+The grid keeps its first cell's record with the axes, so `--again GRID` draws the whole plot again. A plot stopped
+part-way (Ctrl-C, out of memory, a failed write) writes the grid of the cells it finished before it stops, the others
+black, as xyz_grid-NNNN-partial.png, which `--again` refuses to take for the whole plot (`_stopped`).
 
 Values are the web UI's: comma-separated (quote a value holding a comma, as CSV), and for numbers ranges: `1-5` (1 to
 5), `1-10 (+2)` (by steps of 2), `1-10 [5]` (5 values, evenly spaced; whole numbers cut toward 0).
@@ -63,6 +65,9 @@ from .samplers import (EVEN_SPACINGS, SAMPLERS_LISTED, SCHEDULES, check_pass, fr
 
 SCRIPT = "X/Y/Z plot"  # (the web UI's script's title, which its grids' text names)
 GRID_NAME = "xyz_grid"
+PARTIAL = "-partial"  # (the name's end of the grid of a plot stopped part-way: `_stopped`)
+PARTIAL_KEY = "xyz_partial"  # (its record's key for the cells it lacks, which `--again` names)
+_GRID_FILE = re.compile(rf"{GRID_NAME}-(\d+)(?:{PARTIAL})?\.png")
 MAX_MARGIN = 500  # pixels: the web UI's Grid margins slider goes to 500
 
 
@@ -721,7 +726,7 @@ def plot(config: GenerateConfig, model=None, progress: bool = True, keep_seeds: 
     config = copy.copy(config).validate()  # (its seed drawn once: every cell draws it, as the web UI's fix_seed)
     config = launched(config, model, progress)  # (--precision left out: said once, not by each cell's generate)
     ready = plan(config)
-    clear_stale_temporaries(config.out, re.compile(rf"{GRID_NAME}-\d+\.png"))  # (a killed plot's half-written grid)
+    clear_stale_temporaries(config.out, _GRID_FILE)  # (a killed plot's half-written grid)
     refiners = list(dict.fromkeys(cell.refiner for cell in ready.cells))  # (each value's cells drawn together)
     for source in refiners:
         check_refiner_source(replace(config, refiner=source), model)
@@ -760,18 +765,40 @@ def _draw_cells(config: GenerateConfig, ready: Plan, model, progress: bool, keep
             drawn.update(zip(group, generate_together(cells, model, progress=False, keep_seeds=keep, refiner=loaded,
                                                       suffixes=[suffixes[i] for i in group])))
         except GenerationInterrupted as e:  # (its own count of pictures written is the group's too)
-            n = len(drawn)
-            raise GenerationInterrupted(f"in the X/Y/Z plot's {_cells_named(ready, group)}, where {e}; the {n} "
-                                        f"cell{'s' * (n != 1)} before {'it' if len(group) == 1 else 'them'} "
-                                        f"{'are' if n != 1 else 'is'} written in {config.out}, with no grid") from None
+            raise GenerationInterrupted(f"in the X/Y/Z plot's {_cells_named(ready, group)}, where {e}; "
+                                        f"{_stopped(config, ready, drawn, group)}") from None
         except DeviceMemoryError as e:  # (its own count of pictures written is the group's)
-            n = len(drawn)
-            raise DeviceMemoryError(f"the X/Y/Z plot's {_cells_named(ready, group)}: {e}. The {n} "
-                                    f"cell{'s' * (n != 1)} before {'it' if len(group) == 1 else 'them'} "
-                                    f"{'are' if n != 1 else 'is'} written in {config.out}, with no grid") from e
+            said = _stopped(config, ready, drawn, group)
+            raise DeviceMemoryError(f"the X/Y/Z plot's {_cells_named(ready, group)}: {e}. "
+                                    f"{said[0].upper()}{said[1:]}") from e
+        except ConfigError as e:  # (a picture that could not be written: `generate.write_failed`)
+            raise ConfigError(f"{e}; in the X/Y/Z plot's {_cells_named(ready, group)}: "
+                              f"{_stopped(config, ready, drawn, group)}") from e
         bar.update(len(group))
     bar.close()
     return [drawn[i] for i in range(len(ready.cells))]
+
+
+def _stopped(config: GenerateConfig, ready: Plan, drawn: dict[int, list[Path]], group: list[int]) -> str:
+    """What a plot stopped in `group` (a Ctrl-C, running out of memory, a failed write) leaves, said after its
+    error: the cells drawn before it, and the partial grid of them, written now (`_save_grids`), so that a plot
+    stopped after 30 of its 40 cells still shows them side by side; none where no cell holds a picture, or where it
+    cannot be written (said, the plot's own error raised)."""
+    n = len(drawn)
+    said = (f"the {n} cell{'s' * (n != 1)} before {'it' if len(group) == 1 else 'them'} "
+            f"{'are' if n != 1 else 'is'} written in {config.out}")
+    if not any(drawn.values()):
+        return f"{said}, with no grid"
+    cells = [drawn.get(i) for i in range(len(ready.cells))]
+    try:
+        grids = _save_grids(config, ready, cells)
+    except (TextinvError, OSError) as e:  # (the folder full or gone, as the cell's write may have found it)
+        return f"{said}; the partial grid of them could not be written ({e})"
+    except KeyboardInterrupt:  # (a second Ctrl-C as it is written: no half file is left, `_save_grid`)
+        return f"{said}, with no grid (a second Ctrl-C stopped its writing)"
+    missing = len(ready.cells) - n
+    return (f"{said}, and the partial grid of them, {', '.join(map(str, grids))} (the {missing} "
+            f"cell{'s' * (missing != 1)} not drawn left black)")
 
 
 def _groups(ready: Plan, order: list[int]) -> list[list[int]]:
@@ -812,24 +839,30 @@ def _check_samplers(ready: Plan, model) -> None:
         check_pass(model.pipeline.scheduler, sampler, steps, steps, setting("steps", steps), flag, discard)
 
 
-def _save_grids(config: GenerateConfig, ready: Plan, cells: list[list[Path]]) -> list[Path]:
+def _save_grids(config: GenerateConfig, ready: Plan, cells: list[list[Path] | None]) -> list[Path]:
     """The plot's grids, written as the web UI saves them: the grid of every cell (with --z, each --z value's grid
     side by side under its label), then with --xyz-sub-grids each of those grids alone, without its --z label, one
     --z value's too (--again on the grid of a value of an axis applied last draws the plot at that one value, then
     that grid alone: `_grid_text`); not for --z alone: each would be its cell, written already, and --again on it
-    could not tell it from a cell's picture. Their paths, in that order."""
+    could not tell it from a cell's picture. A plot stopped part-way (`_stopped`) has cells not drawn (None): each is
+    left black, as the web UI leaves a cell that drew no picture, and a grid missing any is named and marked partial
+    (`_save_grid`, `_grid_text`); a sub-grid none of whose cells was drawn is not written. Their paths, in that
+    order."""
     nx, ny, nz = ready.counts()
+    drawn = [_cell_picture(paths) if paths is not None else None for paths in cells]
+    size = next(picture.size for picture in drawn if picture is not None)  # (the web UI's: its first picture's)
+    drawn = [picture or Image.new("RGB", size) for picture in drawn]
     per_z = [cells[iz * nx * ny:(iz + 1) * nx * ny] for iz in range(nz)]
-    subs = [_grid_picture(ready, [_cell_picture(paths) for paths in these], config) for these in per_z]
+    subs = [_grid_picture(ready, drawn[iz * nx * ny:(iz + 1) * nx * ny], config) for iz in range(nz)]
     whole = subs[0] if ready.axes[2] is None else _z_picture(ready, subs, config)
     written = [(whole, cells, None)]
     if config.xyz_sub_grids and ready.axes[2] is not None and (ready.axes[0] or ready.axes[1]):
-        written += [(sub, these, iz) for iz, (sub, these) in enumerate(zip(subs, per_z))]
+        written += [(sub, these, iz) for iz, (sub, these) in enumerate(zip(subs, per_z)) if any(these)]
     try:
         return [_save_grid(grid, Path(config.out), _grid_text(config, ready, these, iz) if config.metadata != "none"
-                           else None) for grid, these, iz in written]
+                           else None, None in these) for grid, these, iz in written]
     except OSError as e:  # (the cells' pictures are written: said with the error)
-        raise write_failed(e, Path(config.out), sum(map(len, cells))) from e
+        raise write_failed(e, Path(config.out), sum(len(paths) for paths in cells if paths)) from e
 
 
 def _cell_name(ready: Plan, index: int) -> str:
@@ -963,8 +996,10 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
     (no Z fields; its `xyz_plot` names the value), so `--again` on it draws that grid. The value of an axis applied
     last (`Axis.last`: a schedule type, which puts the sampler an x axis sets on it) is no setting of the command's
     for it to hold: its text keeps the --z axis with that one value, and `--again` on it draws the grid of that value,
-    then that grid alone (--xyz-sub-grids)."""
-    text = Image.open(cells[0][0]).text if cells and cells[0] else {}
+    then that grid alone (--xyz-sub-grids). A grid lacking cells (a plot stopped part-way: `_stopped`) says which,
+    in `xyz_plot` and its record (`PARTIAL_KEY`, which `--again` refuses naming them), and names no files for them."""
+    first = next((paths for paths in cells if paths is not None), None)  # (the first cell, but where it was not drawn)
+    text = Image.open(first[0]).text if first else {}
     z = ready.axes[2]
     if iz is not None and z.axis.last:
         value = z.values[iz]
@@ -972,7 +1007,7 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
     elif iz is not None:
         config = replace(config, z=None, **z.settings(z.values[iz], config))
         ready = replace(ready, axes=(*ready.axes[:2], None), cells=[])
-    first = text.get("parameters", "")
+    parameters = text.get("parameters", "")
     fields = [("Script", SCRIPT)]
     plot_record: dict = {}
     for key, a in zip("XYZ", ready.axes):
@@ -985,12 +1020,18 @@ def _grid_text(config: GenerateConfig, ready: Plan, cells: list[list[Path]], iz:
         plot_record[key.lower()] = {"axis": a.axis.name, "type": a.axis.label, "values": shown, "labels": a.labels}
     if iz is not None:
         plot_record["z_value"] = z.labels[iz]
-    plot_record["cells"] = [[p.name for p in paths] for paths in cells]
+    plot_record["cells"] = [[p.name for p in paths] if paths is not None else None for paths in cells]
+    missing = [number for number, paths in enumerate(cells, 1) if paths is None]
+    if missing:  # (a plot stopped part-way: its cells not drawn, by their numbers in this grid, x fastest)
+        plot_record["partial"] = {"cells": len(cells), "missing": missing}
     info = PngInfo()
-    info.add_text("parameters", _with_fields(first, ", ".join(f"{k}: {_infotext_value(v)}" for k, v in fields)))
+    info.add_text("parameters", _with_fields(parameters, ", ".join(f"{k}: {_infotext_value(v)}" for k, v in fields)))
     info.add_text("xyz_plot", json.dumps(plot_record))
     if RECORD_KEY in text:
-        info.add_text(RECORD_KEY, json.dumps(_grid_record(config, ready, json.loads(text[RECORD_KEY]))))
+        record = _grid_record(config, ready, json.loads(text[RECORD_KEY]))
+        if missing:  # (`--again` on it refuses to draw it as a whole plot: `again._from_record`)
+            record[PARTIAL_KEY] = plot_record["partial"]
+        info.add_text(RECORD_KEY, json.dumps(record))
     return info
 
 
@@ -1058,15 +1099,16 @@ def _with_fields(parameters: str, fields: str) -> str:
     return "\n".join(lines)
 
 
-def _save_grid(grid: Image.Image, out: Path, info) -> Path:
-    """Write `grid` as the next free xyz_grid-NNNN.png in `out` (the web UI's grid name and numbering), never over a
-    file, nor into a folder made again after it was removed (`generate._save_new`)."""
+def _save_grid(grid: Image.Image, out: Path, info, partial: bool = False) -> Path:
+    """Write `grid` as the next free xyz_grid-NNNN.png in `out` (the web UI's grid name and numbering), or
+    xyz_grid-NNNN-partial.png for the grid of a plot stopped part-way (numbered with the others), never over a file,
+    nor into a folder made again after it was removed (`generate._save_new`)."""
     if not out.is_dir():
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(out))
-    taken = [int(m[1]) for p in out.glob(f"{GRID_NAME}-*.png") if (m := re.fullmatch(rf"{GRID_NAME}-(\d+)\.png", p.name))]
+    taken = [int(m[1]) for p in out.glob(f"{GRID_NAME}-*.png") if (m := _GRID_FILE.fullmatch(p.name))]
     number = max(taken, default=-1) + 1
     while True:
-        path = out / f"{GRID_NAME}-{number:04d}.png"
+        path = out / f"{GRID_NAME}-{number:04d}{PARTIAL * partial}.png"
         try:
             with atomic_path(path, replace=False) as tmp:
                 grid.save(tmp, format="PNG", pnginfo=info)
