@@ -40,11 +40,32 @@ def test_an_embedding_of_another_width_names_the_model_its_file_says_it_was_trai
     model = fresh_model(sd1_dir)
     sd15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     emb = LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, 768)}, {"base_model": sd15})
-    with pytest.raises(FormatError, match=re.escape(f"family (this one was trained on {sd15!r}: give that as --model)")):
+    with pytest.raises(FormatError, match=re.escape(f"family (this one was trained on {sd15!r}: give that as model=)")):
         install_embedding(model, emb)
     with pytest.raises(FormatError) as unrecorded:
         install_embedding(model, LearnedEmbedding("<x>", {"text_encoder": torch.zeros(1, 768)}))
     assert "trained on" not in str(unrecorded.value)
+
+
+def test_an_embedding_file_of_another_width_is_named_with_the_settings_that_draw_it(sd1_dir, tmp_path, capsys):
+    """`generate --embedding A --embedding B`, one of another width: the refusal named the token, not which file
+    to take out, and said --model and --emphasis comfy from Python too. The file, and each setting as its user
+    gives it."""
+    from textinv.cli import main
+
+    sd15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    wide = tmp_path / "wide.safetensors"
+    save_embedding(LearnedEmbedding("<w>", {"text_encoder": torch.zeros(1, 768)}, {"base_model": sd15}), wide)
+    settings = dict(prompt=["a <w>"], embedding=[str(wide)], out=str(tmp_path / "o"), n=1, steps=1)
+    with pytest.raises(FormatError) as refused:
+        generate(GenerateConfig(**settings), model=fresh_model(sd1_dir), progress=False)
+    assert str(refused.value).startswith(f"{wide}: embedding '<w>' has width 768")
+    assert "give that as model=)" in str(refused.value) and "so does emphasis='comfy'" in str(refused.value)
+    assert main(["generate", "--model", str(sd1_dir), "--prompt", "a <w>", "--embedding", str(wide), "--out",
+                 str(tmp_path / "o"), "-n", "1", "--steps", "1"]) == 2
+    said = capsys.readouterr().err
+    assert f"error: {wide}: embedding '<w>' has width 768" in said
+    assert "give that as --model)" in said and "so does --emphasis comfy" in said
 
 
 def test_installing_an_embedding_builds_the_vocabulary_as_often_for_many_vectors_as_for_one(sd1_dir, monkeypatch):

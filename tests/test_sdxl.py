@@ -693,7 +693,7 @@ def test_comfy_emphasis_draws_an_embedding_that_fits_no_sdxl_encoder_without_it_
     config = GenerateConfig(prompt=["a embedding:two dog"], embedding=[str(path)], out=str(tmp_path / "a"), n=1,
                             steps=2,
                             model=str(xl_dir), emphasis="comfy")
-    with pytest.raises(FormatError, match="has width 48 .* but the model .* so does --emphasis comfy"), \
+    with pytest.raises(FormatError, match="has width 48 .* but the model .* so does emphasis=.comfy."), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         generate(replace(config, emphasis="original"), progress=False)

@@ -89,7 +89,7 @@ def check_fits(model: Model, emb: LearnedEmbedding,
         raise FormatError(
             f"embedding {emb.token!r} has width {describe_widths(emb.widths)} but the model {model.source} has "
             f"width {describe_widths(model.widths)}; use an embedding trained for this model's family"
-            + (f" (this one was trained on {base!r}: give that as --model)" if base else "")
+            + (f" (this one was trained on {base!r}: give that as {setting('model')})" if base else "")
             + ("; if it is one half of an SDXL embedding kept as two files (diffusers' SDXL script: learned_embeds"
                f" and learned_embeds_2), {pair_hint}"
                if model.is_xl and len(emb.widths) == 1 and emb.widths[0] in model.widths else "")
@@ -151,8 +151,10 @@ def _warn_comfy_left_out(model: Model, emb: LearnedEmbedding, placed: dict[str, 
          f"draw weaker than on the family it was made for", stacklevel=3)
 
 
-COMFY_HINT = ("; ComfyUI leaves vectors of another width out of the prompt with a warning, and so does "
-              "--emphasis comfy")
+def _comfy_hint() -> str:
+    """What a refusal of an embedding of another width adds: the setting that draws it as ComfyUI does."""
+    return (f"; ComfyUI leaves vectors of another width out of the prompt with a warning, and so does "
+            f"{setting('emphasis', 'comfy')}")
 
 
 def install_embedding(model: Model, emb: LearnedEmbedding, comfy: bool = False) -> None:
@@ -175,7 +177,7 @@ def install_embedding(model: Model, emb: LearnedEmbedding, comfy: bool = False) 
         try:
             check_fits(model, emb)
         except FormatError as refused:
-            raise FormatError(f"{refused}{COMFY_HINT}") from None
+            raise FormatError(f"{refused}{_comfy_hint()}") from None
     else:
         _warn_comfy_left_out(model, emb, placed)
     if uses_clip_l_half(model, emb):  # (add_tokens below takes each of the model's encoders' own half: clip_l)
@@ -1090,8 +1092,11 @@ def _load_and_draw(checked: list[Checked], model: Model | None, device, progress
     with handed_back(model), handed_back(refiner.model) if refiner else contextlib.nullcontext(), \
             handed_back(second) if second else contextlib.nullcontext():
         _fitting(config, [job for part in jobs for job in part], model, embeddings, paths, loras, bundled, stand_ins)
-        for emb in embeddings:
-            install_embedding(model, emb, config.emphasis == "comfy")
+        for emb, path in zip(embeddings, paths):
+            try:
+                install_embedding(model, emb, config.emphasis == "comfy")
+            except FormatError as refused:  # (the file said: a folder's or a hub's may hold many, or another name)
+                raise FormatError(f"{path}: {refused}") from None
             if refiner:  # (its clip_g half, for an SDXL refiner: `check_fits`)
                 install_embedding(refiner.model, emb, config.emphasis == "comfy")
             if second:
