@@ -12,6 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # (and one thread in each process a test starts, as in this one below: a benchmark's or the GPU session's commands
 # ran on every core, and on 2 shared cores their OpenMP threads spun waiting for each other)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A test that asks for 2 threads (`shapes_speed --threads 1 2`) has them sleep while they wait, not spin: with another
+# process on one of the 2 cores, a spinning thread held the core its partner needed, and a step of the bundled
+# model took seconds instead of ~0.1 s (read by OpenMP as torch loads it, so it is set before the import below)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
