@@ -88,21 +88,20 @@ def test_compile_check_command_passes_a_faithful_regional_compile(capsys):
     assert "compiled UNet matches the plain one" in capsys.readouterr().out
 
 
+# (runpy's warning that this file imported benchmarks.train_speed before the session runs it as `python -m` would)
+@pytest.mark.filterwarnings("ignore:'benchmarks.train_speed' found in sys.modules:RuntimeWarning")
 def test_gpu_session_runs_every_part_and_packs_a_loadable_model(tmp_path):
     """The one-call GPU script (here in its CPU --quick form): each part is recorded, and the shapes part's new UNet
     (other sizes, on the committed VAE) comes back as a model folder the normal loader takes. Each command parses
     its arguments and runs as its module's `python -m` would; --quick runs them in the session's one process
-    (torch imported once a session, not once a command), a process of its own here: what a command leaves set
-    (pretrain's torch thread count) stays out of the tests'."""
-    import subprocess
-    import sys
+    (torch imported once a session, not once a command), here the test's own: a new process for each session
+    spent ~5 s importing torch, diffusers and transformers again (what a command leaves set, pretrain's torch
+    thread count, conftest puts back after the test)."""
     import tarfile
 
+    from benchmarks.gpu_session import main as session
     from textinv.models import load_model
     from textinv.shapes import world
-
-    def session(args: list[str]) -> int:
-        return subprocess.run([sys.executable, "-m", "benchmarks.gpu_session", *args]).returncode
 
     out = tmp_path / "out"
     assert session(["--quick", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
