@@ -88,8 +88,9 @@ def test_compile_check_command_passes_a_faithful_regional_compile(capsys):
     assert "compiled UNet matches the plain one" in capsys.readouterr().out
 
 
-# (runpy's warning that this file imported benchmarks.train_speed before the session runs it as `python -m` would)
-@pytest.mark.filterwarnings("ignore:'benchmarks.train_speed' found in sys.modules:RuntimeWarning")
+# (runpy's warning that the tests imported a module, benchmarks.train_speed or the shapes pretraining, before the
+# session runs it as `python -m` would)
+@pytest.mark.filterwarnings("ignore:.* found in sys.modules after import of package:RuntimeWarning")
 def test_gpu_session_runs_every_part_and_packs_a_loadable_model(tmp_path):
     """The one-call GPU script (here in its CPU --quick form): each part is recorded, and the shapes part's new UNet
     (other sizes, on the committed VAE) comes back as a model folder the normal loader takes. Each command parses
