@@ -4644,3 +4644,19 @@ def test_comfyuis_tcd_eta_is_the_gamma_textinvs_tcd_draws_at():
     comfy = at_s / a[s].sqrt() + noise * (sigma_next ** 2 + 1 - 1 / a[s]).sqrt()
     drawn = tcd.step(eps.float(), t, x.float(), generator=torch.Generator().manual_seed(1)).prev_sample
     torch.testing.assert_close(drawn.double() / a[t_next].sqrt(), comfy, rtol=1e-4, atol=1e-4)
+
+
+def test_a_file_is_named_by_the_words_its_own_steps_end_on(sd1_dir, tmp_path):
+    """`[a:b:7]` of 2 steps draws "a" at every step (the edit's step is past the last), but its file was named by
+    the words of step 100, 000-b-s0.png."""
+    from textinv.generate import checked_settings, run_names
+
+    def named(prompt, **settings):
+        config = GenerateConfig(prompt=[prompt], out=str(tmp_path / "o"), n=1, model=str(sd1_dir), **settings)
+        return run_names(checked_settings(config))[0][1]
+
+    assert named("[a:b:7]", steps=2) == "000-a-s0"
+    assert named("[a:b:7]", steps=8) == "000-b-s0"
+    assert named("[a:b:3]", steps=2, sampler="heun") == "000-b-s0"  # (scheduled over its 4 model calls)
+    assert named("[a:b:1.5]", steps=4) == "000-a-s0"  # (a fraction: 6 steps, past the 4)
+    assert named("[a:b:1.5]", steps=4, old_prompt_editing=True) == "000-b-s0"  # (the old timelines: step 1)

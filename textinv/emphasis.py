@@ -99,10 +99,11 @@ def plain_text(prompt: str) -> str:
     return "".join(text for text, _ in parse(prompt))
 
 
-def words_drawn(prompt: str, steps: int = 100) -> str:
+def words_drawn(prompt: str, steps: int = 100, old_editing: bool = False) -> str:
     """The words a prompt's picture ends up showing (for its file's name, and for CLIP to read): the text of the last
-    of `steps` sampling steps (prompt editing done, an alternation's option there), without LoRA tags, emphasis or
-    BREAK (the web UI's chunk break, not a word), or the weights of its `AND` sub-prompts.
+    of `steps` sampling steps (prompt editing done, an alternation's option there; `old_editing`: on the web UI's old
+    timelines), without LoRA tags, emphasis or BREAK (the web UI's chunk break, not a word), or the weights of its
+    `AND` sub-prompts.
 
     >>> words_drawn("a [cat:dog:0.5] BREAK on (grass:1.2) <lora:film:0.8>")
     'a dog   on grass '
@@ -110,8 +111,8 @@ def words_drawn(prompt: str, steps: int = 100) -> str:
     'a castle AND  a dragon'
     """
     if has_and(prompt):
-        return " AND ".join(words_drawn(part, steps) for part, _ in composable_parts(prompt))
-    text = prompt_schedule(prompt, steps)[-1][1]
+        return " AND ".join(words_drawn(part, steps, old_editing) for part, _ in composable_parts(prompt))
+    text = prompt_schedule(prompt, steps, old=old_editing)[-1][1]
     text = _EXTRA_NETWORK.sub(lambda m: "" if m.group(1).lower() in LORA_KINDS else m.group(0), text)
     return re.sub(r"\bBREAK\b", " ", plain_text(text))
 

@@ -1496,10 +1496,14 @@ def _warn_unknown_tokens(config: GenerateConfig, model: Model, texts: list[str])
 def _file_names(config: GenerateConfig, jobs: list[dynamic.Job], sources: list[Path | None]
                 ) -> dict[tuple[int, Path | None, int], str]:
     """Each picture's file name, without the run's suffix, by its prompt's place, its --init-image picture and its
-    seed: the prompt's number and words, the picture's name (an --init-image folder's, `_source_labels`), the seed."""
+    seed: the prompt's number and words, the picture's name (an --init-image folder's, `_source_labels`), the seed.
+    The words are those of the first pass's last step, scheduled as it is (`_schedule_passes`): `[a:b:7]` of 2 steps
+    draws "a" throughout."""
     folder = config.init_image is not None and Path(config.init_image).is_dir()
     labels = _source_labels(sources) if folder else {source: "" for source in sources}
-    return {(index, source, seed): f"{job.index:03d}-{_slug(emphasis.words_drawn(job.prompt))}"
+    steps = (config.steps or DEFAULT_STEPS) * step_multiplier(config.sampler)
+    return {(index, source, seed): f"{job.index:03d}-"
+                                   f"{_slug(emphasis.words_drawn(job.prompt, steps, config.old_prompt_editing))}"
                                    f"{labels[source]}-s{seed}"
             for index, job in enumerate(jobs) for source in sources for seed in job.seeds}
 
