@@ -396,6 +396,19 @@ def test_a_bad_mask_is_said_before_the_model_loads(tmp_path, monkeypatch):
         draw("black.png")
     with pytest.raises(ConfigError, match=r"mask=.*white.png' has nothing black \(mask_invert="):
         draw("white.png", mask_invert=True)
+    # a soft mask, grey at most 128 where it is painted: the brightest grey is named as read black
+    Image.new("L", (32, 32), 128).save(tmp_path / "grey.png")
+    with pytest.raises(ConfigError, match=r"grey.png' has nothing white \(its brightest grey, 128 of 255, is read as "
+                                          r"black: only above 128 is white\): nothing would be redrawn"):
+        draw("grey.png")
+    Image.new("L", (32, 32), 129).save(tmp_path / "light.png")
+    with pytest.raises(ConfigError, match=r"light.png' has nothing black \(mask_invert=.*; its darkest grey, 129 of "
+                                          r"255, is read as white: only 128 and below is black\)"):
+        draw("light.png", mask_invert=True)
+    Image.new("LA", (32, 32), (255, 100)).save(tmp_path / "faint.png")  # (a see-through stroke: by its opacity)
+    with pytest.raises(ConfigError, match=r"faint.png' has nothing white \(its highest opacity, 100 of 255, is read as "
+                                          r"black: only above 128 is white\)"):
+        draw("faint.png")
 
 
 def test_kohyas_mask_path_is_answered_with_mask():

@@ -123,10 +123,24 @@ def read_mask(path: str | Path, invert: bool = False) -> Image.Image:
     mask = source.point(lambda v: 255 if v > 128 else 0)
     redrawn = 0 if invert else 255
     if redrawn not in {v for v in mask.getextrema()}:
-        what = f"black ({setting('mask_invert')} redraws the black part)" if invert else "white"
+        said = [f"{setting('mask_invert')} redraws the black part"] * invert + _greys(source, invert, source is alpha)
+        what = ("black" if invert else "white") + (f" ({'; '.join(said)})" if said else "")
         raise ConfigError(f"{setting('mask', path)} has nothing {what}: nothing would be redrawn; paint the part to "
                           f"redraw {'black' if invert else 'white'} (a transparent mask: opaque)")
     return mask
+
+
+def _greys(source: Image.Image, invert: bool, alpha: bool) -> list[str]:
+    """What a refused mask's greys are read as, where it has any (its `source`, L: the luminance, or with `alpha` the
+    opacity, it is read by): a soft mask of greys at most 128 has grey to redraw where it is painted, yet all of it is
+    read as black, as the web UI rounds an uploaded mask (and one of greys above 128, inverted, all as white)."""
+    low, high = source.getextrema()
+    grey, most, least = ("opacity", "highest", "lowest") if alpha else ("grey", "brightest", "darkest")
+    if invert and 128 < low < 255:
+        return [f"its {least} {grey}, {low} of 255, is read as white: only 128 and below is black"]
+    if not invert and 0 < high <= 128:
+        return [f"its {most} {grey}, {high} of 255, is read as black: only above 128 is white"]
+    return []
 
 
 def blur(mask: Image.Image, sigma: int) -> Image.Image:
