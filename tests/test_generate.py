@@ -1069,6 +1069,25 @@ def test_a_token_no_embedding_given_holds_is_warned_about(sd1_dir, tmp_path):
     assert not [w for w in said if "vocabulary" in str(w.message)]
 
 
+def test_a_learned_token_in_another_case_is_not_warned_of_and_a_misspelled_one_names_the_near_token(sd1_dir, tmp_path):
+    """`<MY-DOG>` draws `<my-dog>` (the tokenizer reads case-blind) but was warned of as drawn as pieces of words;
+    `<my-dgo>` was warned of without naming the token it misspells."""
+    (path,) = save_embedding(LearnedEmbedding("<My-Dog>", {"text_encoder": torch.zeros(1, 32)}), tmp_path / "d.pt",
+                             "a1111")
+
+    def said(prompt):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            generate(GenerateConfig(prompt=[prompt], embedding=[str(path)], out=str(tmp_path / "o"), n=1, steps=1,
+                                    width=16, model=str(sd1_dir)), progress=False)
+        return [str(w.message) for w in caught if "vocabulary" in str(w.message)]
+
+    assert said("a <my-dog> and a <MY-DOG>") == []
+    (warned,) = said("a <My-Dog> beside <my-dgo>")
+    assert warned.startswith("<my-dgo> (the learned <My-Dog> misspelled?) is in no embedding given")
+    assert said("a <My-Dog> beside <ball>")[0].startswith("<ball> is in no")  # (nothing near it)
+
+
 def test_lora_tags_are_read_as_the_web_ui_reads_them():
     from textinv.emphasis import LoraTag, lora_tags
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import errno
 import json
 import math
@@ -1480,15 +1481,21 @@ _TOKEN_LIKE = re.compile(r"<[^<>\s:|]+>")  # a learned token's usual spelling (n
 def _warn_unknown_tokens(config: GenerateConfig, model: Model, texts: list[str]) -> None:
     """Warn of a `<token>` the prompts write (`texts`: their words, LoRA tags taken out) that no embedding given and
     nothing in the model's vocabulary is: it is drawn as the pieces of words its letters make, without any concept,
-    most often because the embedding's file was not given. Not under --emphasis comfy, where a bare token is words
-    and `embedding:NAME` names a file (said on their own)."""
+    most often because the embedding's file was not given, or because it is misspelled (the learned token nearest
+    it is named). Case does not count, as it does not to the tokenizer (`<MY-DOG>` draws `<my-dog>`). Not under
+    --emphasis comfy, where a bare token is words and `embedding:NAME` names a file (said on their own)."""
     if config.emphasis == "comfy":
         return
     tokenizer = model.encoders[0][1]
+    learned = {token.lower(): token for token in tokenizer.get_added_vocab() if _TOKEN_LIKE.fullmatch(token)}
     unknown = [word for word in dict.fromkeys(w for text in texts for w in _TOKEN_LIKE.findall(text))
-               if tokenizer.convert_tokens_to_ids(word) == tokenizer.unk_token_id]
+               if word.lower() not in learned
+               and tokenizer.convert_tokens_to_ids(word.lower()) == tokenizer.unk_token_id]
     if unknown:
-        warn(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} in no embedding given and not in the "
+        named = [word + "".join(f" (the learned {learned[near]} misspelled?)"
+                                for near in difflib.get_close_matches(word.lower(), learned, 1))
+                 for word in unknown]
+        warn(f"{', '.join(named)} {'is' if len(unknown) == 1 else 'are'} in no embedding given and not in the "
              f"model's vocabulary: drawn as pieces of words, without a concept; give the file with "
              f"{setting('embedding')} (a file or a folder of them)", stacklevel=3)
 
