@@ -4679,3 +4679,15 @@ def test_a_file_is_named_by_the_words_its_own_steps_end_on(sd1_dir, tmp_path):
     assert named("[a:b:3]", steps=2, sampler="heun") == "000-b-s0"  # (scheduled over its 4 model calls)
     assert named("[a:b:1.5]", steps=4) == "000-a-s0"  # (a fraction: 6 steps, past the 4)
     assert named("[a:b:1.5]", steps=4, old_prompt_editing=True) == "000-b-s0"  # (the old timelines: step 1)
+
+
+def test_a_long_prompt_of_four_byte_letters_beside_a_long_picture_name_still_fits_a_file_name(sd1_dir, tmp_path):
+    """A file name holds 255 bytes: 40 letters of a CJK extension (4 bytes each) beside an --init-image folder
+    picture's 24 and a seed of 20 digits made one of 287, and the run stopped with a traceback (File name too long)."""
+    letters = "\U00020000" * 60
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "in" / f"{letters}.png")
+    (path,) = generate(GenerateConfig(prompt=[letters], init_image=str(tmp_path / "in"), out=str(tmp_path / "o"), n=1,
+                                      steps=2, seed=2**64 - 2, width=16, model=str(sd1_dir)), progress=False)
+    assert path.name.startswith("000-" + "\U00020000" * 30 + "-" + "\U00020000" * 18 + "-s18446744073709551614")
+    assert len(path.name.encode()) + len(".x.12345678.tmp".encode()) <= 255  # (and its temporary file's name)

@@ -734,9 +734,16 @@ def generation_size(model: Model, embeddings: list[LearnedEmbedding]) -> tuple[i
 
 def _slug(text: str, limit: int = 40) -> str:
     """A file-name-safe short form of a prompt: letters and digits of any script (with their combining marks, as
-    Devanagari's vowel signs or a decomposed accent), the rest as '-'."""
+    Devanagari's vowel signs or a decomposed accent), the rest as '-'; at most `limit` of them and 3 `limit` bytes
+    in UTF-8 (a file name holds 255 bytes: 40 letters of 4 bytes, as CJK's rarer characters are, beside an
+    --init-image picture's name, a seed and the temporary name's letters were more).
+
+    >>> len(_slug("𠀀" * 60).encode()), len(_slug("猫" * 60))
+    (120, 40)
+    """
     kept = "".join(c if c.isalnum() or unicodedata.category(c).startswith("M") else "-" for c in text)
-    return re.sub(r"-+", "-", kept).strip("-")[:limit].strip("-") or "image"
+    short = re.sub(r"-+", "-", kept).strip("-")[:limit]
+    return short.encode()[:3 * limit].decode(errors="ignore").strip("-") or "image"
 
 
 @warns_at_caller  # (its warnings name the user's line: `errors.warn`)
