@@ -434,6 +434,24 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_the_model_loads(tmp_pa
                                 model=str(tmp_path / "no-model")), progress=False)
 
 
+def test_an_out_folder_without_write_permission_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """A folder that is there but not writable (another user's, chmod 555) was found out only when the first
+    picture was written, after the model had loaded and drawn it. (The tests may run as root, who may write
+    anywhere: the permission is faked.)"""
+    import os
+
+    import textinv.generate as generate_module
+
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != folder and access(path, mode, **kw))
+    monkeypatch.setattr(generate_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=r"--out .*theirs: cannot write into the folder \(no permission\); make it "
+                                          r"writable, or choose another --out"):
+        generate(GenerateConfig(prompt=["a dog"], out=str(folder)), progress=False)
+
+
 def test_a_size_far_above_the_models_is_warned_about_by_its_area(sd1_dir, tmp_path):
     model = fresh_model(sd1_dir)
     native = model.resolution

@@ -267,4 +267,8 @@ def output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"{flag} {path}: cannot create the folder ({e.strerror or e}); choose another {flag}") from None
+    # a folder that was there may not let us write: said now too, not once the first file is written
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot write into the folder (no permission); make it writable, or choose "
+                          f"another {flag}")
     return path
