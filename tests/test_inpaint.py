@@ -392,6 +392,10 @@ def test_a_bad_mask_is_said_before_the_model_loads(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match=r"mask=.*bad.png' cannot be read: .*give a picture, white where"):
         draw("bad.png")
+    (tmp_path / "masks").mkdir()  # (a folder of masks, as the web UI's batch tab takes: was said not to exist)
+    with pytest.raises(ConfigError, match=r"mask=.*masks' is a folder; give one mask picture, white where the picture "
+                                          r"is redrawn \(it masks each picture of an init_image= folder alike\)"):
+        draw("masks")
     with pytest.raises(ConfigError, match=r"mask=.*black.png' has nothing white: nothing would be redrawn"):
         draw("black.png")
     with pytest.raises(ConfigError, match=r"mask=.*white.png' has nothing black \(mask_invert="):

@@ -1539,6 +1539,9 @@ class GenerateConfig:
         if not self.init_image:
             raise ConfigError(f"{setting('mask', self.mask)} masks a picture: give the picture to redraw with "
                               f"{setting('init_image')}")
+        if Path(self.mask).is_dir():  # (the web UI's batch tab takes a folder of masks by name; textinv, one mask)
+            raise ConfigError(f"{setting('mask', self.mask)} is a folder; give one mask picture, white where the "
+                              f"picture is redrawn (it masks each picture of an {setting('init_image')} folder alike)")
         if not Path(self.mask).is_file():
             raise ConfigError(f"{setting('mask', self.mask)} does not exist{backslash_note(self.mask)}; give the mask "
                               f"picture, white where the picture is redrawn")
