@@ -334,9 +334,9 @@ def _add_cpu_threads(p: argparse.ArgumentParser) -> None:
     """`train`'s, `generate`'s and `score`'s --threads: torch's own count (every core) unless given, as before it
     existed."""
     p.add_argument("--threads", type=int, help="torch CPU threads, for a run on the CPU (default: torch's, one per "
-                   "core; train's --resume: the run's, where this machine has as many cores); on a machine busy with "
-                   "other work, 1 can be several times faster (a shapes-model training step on the loaded 2-core VM: "
-                   "0.17 s on 1, about 1.5 s on 2)")
+                   "core; train's --resume: the run's, where this machine has as many cores); the threads sleep "
+                   "while they wait (OMP_WAIT_POLICY=PASSIVE unless set), so a machine busy with other work does not "
+                   "slow them down many times")
 
 
 def _add_model_version(p: argparse.ArgumentParser) -> None:
