@@ -74,6 +74,17 @@ def test_errors_are_one_clear_line_and_exit_2(tmp_path, images, capsys):
         main(["train", "--property", "objet"])
 
 
+def test_convert_refuses_a_token_with_spaces_as_train_and_merge_do(tmp_path, capsys):
+    """`--token '<a b>'` made a file that generate (and diffusers' loader) then refused: refused here, naming the
+    flag, and nothing written."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    src = save_embedding(LearnedEmbedding("<c>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "c.safetensors")[0]
+    assert main(["convert", str(src), str(tmp_path / "d.pt"), "--token", "<a b>"]) == 2
+    assert capsys.readouterr().err == ("textinv convert: error: --token '<a b>' must be one word without spaces, e.g. "
+                                       "'<my-dog>': the word prompts call the embedding by\n")
+    assert not (tmp_path / "d.pt").exists()
+
 def test_convert_and_inspect(tmp_path, sd1_dir, capsys):
     from textinv.formats import LearnedEmbedding, save_embedding
 

@@ -64,7 +64,7 @@ import torch
 
 from . import a1111_pixels, modelspec
 from .data import MAX_IMAGE_PIXELS, _open_image
-from .errors import ON_COMMAND_LINE, ConfigError, FormatError, TextinvWarning, setting, warn
+from .errors import ON_COMMAND_LINE, ConfigError, FormatError, TextinvWarning, given, setting, warn
 from .families import FAMILY_NAMES, TEXT_ENCODERS, describe_widths, family_for_widths
 from .io import absolute, atomic_path
 
@@ -1219,6 +1219,10 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, token: str 
     if into_lora is not None and to is not None:
         raise FormatError(f"{setting('to', to)} names an embedding format; {setting('into_lora')} writes the LoRA's "
                           f".safetensors with the embedding bundled in it: give one of them")
+    if token is not None and any(c.isspace() for c in token):  # (an empty one: load_embedding refuses it)
+        # (as train and merge refuse it: generate and diffusers' loader refuse the file it would make)
+        raise ConfigError(f"{given('token', token)} must be one word without spaces, e.g. '<my-dog>': the word "
+                          f"prompts call the embedding by")
     emb = load_embedding(src, token=token) if second is None else load_embedding_pair(src, second, token=token)
     if into_lora is not None:
         return [Path(absolute(bundle_into_lora(emb, into_lora, dst, overwrite=overwrite)))]
