@@ -301,6 +301,17 @@ def test_push_offline_is_one_line_and_publishes_nothing(tmp_path, hub_cache, cap
                           "(HF_HUB_OFFLINE is set)") and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("source, repo, said", [
+    ("missing", "me/q", "{tmp}/missing: no such file or folder: give a training run's --out folder or an embedding file"),
+    ("learned_embeds.safetensors", "q", "--repo 'q' is not a hub repo id: give OWNER/NAME, e.g. your-name/my-dog"),
+])
+def test_push_offline_names_a_wrong_source_or_repo_first(source, repo, said, tmp_path, hub_cache, capsys):
+    """What the command line alone tells is said before the hub is asked: offline, a path that is not there and a
+    repo that is no OWNER/NAME were "the hub could not be reached", which a network would not have mended."""
+    save_embedding(concept("<q>"), tmp_path / "learned_embeds.safetensors")
+    assert main(["push", str(tmp_path / source), "--repo", repo]) == 2
+    assert capsys.readouterr().err == f"textinv push: error: {said.format(tmp=tmp_path)}\n"
+
 def test_push_with_no_route_to_the_hub_is_one_line_and_publishes_nothing(tmp_path, fake_hub, monkeypatch, capsys):
     """No network and no HF_HUB_OFFLINE: huggingface_hub lets its HTTP library's own error through (httpx's
     ConnectError, which is no OSError), said in one line as the offline case is, not as a traceback."""

@@ -162,15 +162,12 @@ def push(source, repo: str, *, private: bool = False, hub_token: str | None = No
     import shutil
     import tempfile
 
-    from .errors import ConfigError
-
-    # 1. the hub reached (`_check_reachable`), then everything checked and the card written before it is asked more
+    # 1. what the command line alone tells (`_check_names`), the hub reached (`_check_reachable`), then everything
+    # checked and the card written before it is asked more
+    source = Path(source).expanduser()
+    _check_names(source, repo)
     _check_reachable(repo, api)
-    from .models import _is_hub_id  # (only now: importing it imports torch and diffusers)
-
-    if not _is_hub_id(repo):
-        raise ConfigError(f"--repo {repo!r} is not a hub repo id: give OWNER/NAME, e.g. your-name/my-dog")
-    files, emb, run = _published_files(Path(source).expanduser())
+    files, emb, run = _published_files(source)
     with tempfile.TemporaryDirectory(prefix="textinv-push-") as staging:
         staging = Path(staging)
         for file in files:
@@ -194,8 +191,6 @@ def _published_files(source: Path):
     from .formats import diffusers_file, read_embedding, second_file
     from .run_folder import embedding_file, saved_run
 
-    if not source.exists():
-        raise ConfigError(f"{source}: no such file or folder: give a training run's --out folder or an embedding file")
     file = embedding_file(source)  # (a run of several concepts is refused here, naming their folders)
     if file.is_dir():
         file = diffusers_file(file)
@@ -303,6 +298,25 @@ def _card_web_ui(emb, files: list[str], family: str | None) -> list[str]:
         return [f"In the AUTOMATIC1111 web UI or ComfyUI: {where} and write `{name}` in the prompt (they call an "
                 "embedding by its file name).", ""]
     return []
+
+
+def _check_names(source: Path, repo: str) -> None:
+    """Refuse a missing `source` and a `repo` that is no OWNER/NAME before the hub is asked: offline, they were
+    answered "the hub could not be reached", which running it again with a network would not have mended. Neither
+    check imports torch (`models._is_hub_id`, the same test, does)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from .errors import ConfigError
+
+    if not source.exists():
+        raise ConfigError(f"{source}: no such file or folder: give a training run's --out folder or an embedding file")
+    try:
+        validate_repo_id(repo)
+        named = repo.count("/") == 1
+    except HFValidationError:
+        named = False
+    if not named:
+        raise ConfigError(f"--repo {repo!r} is not a hub repo id: give OWNER/NAME, e.g. your-name/my-dog")
 
 
 def _check_reachable(repo: str, api=None) -> None:
