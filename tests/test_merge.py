@@ -492,3 +492,18 @@ def test_a_term_of_files_whose_weights_overflow_is_refused_before_the_model_load
         run(tmp_path, "'dog'", f"{a}*1e39", model=str(tmp_path / "no-such-model"))
     with pytest.raises(ConfigError, match=r"the term .*a\.safetensors\*-1e\+38 \+ .*a\.safetensors\*-1e\+38 gives"):
         run(tmp_path, f"{a}*-1e38 + {a}*-1e38", "'dog'", model=str(tmp_path / "no-such-model"))
+
+
+def test_a_term_whose_weights_cancel_is_written_with_a_warning(tmp_path):
+    """Weights that sum to 0 over one file (or *0) give vectors of zeros, which stand for nothing in a prompt: they
+    were written without a word; now said, naming the term and which of its vectors, and still written."""
+    saved(tmp_path / "a.safetensors", 2)
+    a = f"{tmp_path}/a.safetensors"
+    with pytest.warns(UserWarning, match=r"the term .*a\.safetensors\*0\.5 \+ .*a\.safetensors\*-0\.5 gives 2 "
+                                         r"vector\(s\) of zeros \(its \[0, 1\]\): its weights cancel"):
+        result = run(tmp_path, f"{a}*0.5 + {a}*-0.5")
+    assert not load_embedding(result.files[0]).vectors["text_encoder"].any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a difference of two files is no zero vector: nothing said)
+        saved(tmp_path / "b.safetensors", 2, seed=1)
+        run(tmp_path, f"{a} + {tmp_path}/b.safetensors*-1", out="d.safetensors")

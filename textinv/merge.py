@@ -370,6 +370,7 @@ def _merged(terms: list[list[tuple[str, LearnedEmbedding, float]]], token: str, 
     sums = [_sums(term, n, parts[0][1].vectors) for term, n in zip(terms, counts)]
     for term, s in zip(terms, sums):
         _check_finite(term, s)
+        _warn_zeros(term, s)
     vectors = {name: torch.cat([s[name] for s in sums]) for name in parts[0][1].vectors}
     total = sum(counts)
     if total > CHUNK:  # as inspect says and generate warns: kept, for ComfyUI and textinv, which split it
@@ -393,6 +394,16 @@ def _check_finite(term: list[tuple[str, LearnedEmbedding, float]], sums: dict[st
         raise ConfigError(f"the term {' + '.join(label for label, _, _ in term)} gives vectors whose norms are no "
                           "finite number: its weights take them past the largest a float holds (3.4e38); give "
                           "smaller weights")
+
+
+def _warn_zeros(term: list[tuple[str, LearnedEmbedding, float]], sums: dict[str, torch.Tensor]) -> None:
+    """Warn of a term whose sum holds a vector of zeros (`a.pt*0.5 + a.pt*-0.5`, `*0`): written, as asked, but in a
+    prompt it carries nothing of its parts, only its place's position, and inspect finds no word near it."""
+    zeros = sorted({i for t in sums.values() for i in (t.abs().amax(dim=1) == 0).nonzero().flatten().tolist()})
+    if zeros:
+        warn(f"the term {' + '.join(label for label, _, _ in term)} gives {len(zeros)} vector(s) of zeros "
+             f"(its [{', '.join(map(str, zeros))}]): its weights cancel or are 0, so in a prompt it stands for "
+             f"nothing of its parts; check the weights", stacklevel=4)
 
 
 def _check_one_family(parts: list[tuple[str, LearnedEmbedding]]) -> None:
