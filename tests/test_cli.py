@@ -1,6 +1,7 @@
 """The real command line, end to end on a tiny model: train -> generate -> convert -> inspect, and its errors."""
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -84,6 +85,21 @@ def test_convert_refuses_a_token_with_spaces_as_train_and_merge_do(tmp_path, cap
     assert capsys.readouterr().err == ("textinv convert: error: --token '<a b>' must be one word without spaces, e.g. "
                                        "'<my-dog>': the word prompts call the embedding by\n")
     assert not (tmp_path / "d.pt").exists()
+
+def test_inspect_says_a_vector_of_zeros_reads_as_nothing(tmp_path, sd1_dir, capsys):
+    """A merge whose weights cancel writes a vector of zeros; its nearest tokens were the table's first rows (byte
+    symbols) at similarity 0.00, as if it read as them."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    vectors = torch.cat([torch.zeros(1, 32), torch.randn(1, 32)])
+    (file,) = save_embedding(LearnedEmbedding("<z>", {"text_encoder": vectors}), tmp_path / "z.pt")
+    assert main(["inspect", str(file), "--model", str(sd1_dir), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "vector 0 reads as: nothing (a vector of zeros)" in lines
+    assert any(line.startswith("vector 1 reads as: ") and line.count("(") == 2 for line in lines), lines
+    assert main(["inspect", str(file), "--model", str(sd1_dir), "--json"]) == 0
+    near = json.loads(capsys.readouterr().out)["nearest_tokens"]["text_encoder"]
+    assert near[0] == [] and len(near[1]) == 5
 
 def test_convert_and_inspect(tmp_path, sd1_dir, capsys):
     from textinv.formats import LearnedEmbedding, save_embedding

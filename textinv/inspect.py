@@ -26,11 +26,12 @@ from .tokens import base_embedding
 
 def nearest_tokens(table: torch.Tensor, vectors: torch.Tensor, tokenizer, k: int = 5) -> list[list[tuple[str, float]]]:
     """For each vector (n, d), the `k` vocabulary tokens of `table` (V, d) nearest by cosine similarity, written as
-    a person reads them (`_readable`)."""
+    a person reads them (`_readable`). A vector of zeros (a merge whose weights cancel) is near none: [] (its
+    similarity to every token is 0, and the top k of those ties were the table's first rows, byte symbols)."""
     sims = torch.nn.functional.normalize(vectors.float(), dim=1) @ torch.nn.functional.normalize(table.float(), dim=1).T
     top = sims.topk(min(k, table.shape[0]), dim=1)
     return [[(_readable(tokenizer.convert_ids_to_tokens(int(i))), round(float(s), 4)) for s, i in zip(vals, ids)]
-            for vals, ids in zip(top.values, top.indices)]
+            if vector.any() else [] for vector, vals, ids in zip(vectors, top.values, top.indices)]
 
 
 def word_rows(table: torch.Tensor, tokenizer) -> torch.Tensor:
@@ -98,7 +99,8 @@ def inspect_file(path, model: str | None = None, top_k: int = 5, *, revision: st
     for name, per_vector in (nearest or {}).items():
         where = f" ({name})" if len(nearest) > 1 else ""
         for i, near in enumerate(per_vector):
-            lines.append(f"vector {i}{where} reads as: " + ", ".join(f"{t} ({s:.2f})" for t, s in near))
+            lines.append(f"vector {i}{where} reads as: " + (", ".join(f"{t} ({s:.2f})" for t, s in near)
+                                                            or "nothing (a vector of zeros)"))
     lines += _notes(report, emb)
     if "model_mismatch" in report:
         lines.append(report["model_mismatch"])
