@@ -1872,22 +1872,3 @@ def test_a_ctrl_c_in_generate_says_how_many_pictures_were_written_and_where(sd1_
     calls.append(1)  # (the next call is the second: stopped before any picture)
     assert main([*args[:-1], str(tmp_path / "none")]) == 130
     assert "interrupted: none of 3 pictures had been written" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("given", [None, "ACTIVE"])
-def test_the_command_has_torchs_threads_sleep_while_they_wait_unless_told_otherwise(monkeypatch, given):
-    """On a machine busy with other work, OpenMP's waiting threads spun on the core their partner needed (a picture
-    of the bundled model on 2 threads: 7.2 s, 0.63 s asleep): the command sets the passive policy before torch loads
-    (`main` imports it), and a policy the environment gives is kept."""
-    from textinv import cli
-
-    if given is None:
-        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    else:
-        monkeypatch.setenv("OMP_WAIT_POLICY", given)
-    seen = []
-    monkeypatch.setattr(cli, "main", lambda: seen.append(os.environ.get("OMP_WAIT_POLICY")) or 0)
-    monkeypatch.setattr(cli.gc, "freeze", lambda: None)  # (run's exit: this process goes on)
-    with pytest.raises(SystemExit):
-        cli.run()
-    assert seen == [given or "PASSIVE"]

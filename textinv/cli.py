@@ -334,9 +334,9 @@ def _add_cpu_threads(p: argparse.ArgumentParser) -> None:
     """`train`'s, `generate`'s and `score`'s --threads: torch's own count (every core) unless given, as before it
     existed."""
     p.add_argument("--threads", type=int, help="torch CPU threads, for a run on the CPU (default: torch's, one per "
-                   "core; train's --resume: the run's, where this machine has as many cores); the threads sleep "
-                   "while they wait (OMP_WAIT_POLICY=PASSIVE unless set), so a machine busy with other work does not "
-                   "slow them down many times")
+                   "core; train's --resume: the run's, where this machine has as many cores); on a machine busy with "
+                   "other work, 1 can be several times faster (a shapes-model training step on the loaded 2-core VM: "
+                   "0.17 s on 1, about 1.5 s on 2)")
 
 
 def _add_model_version(p: argparse.ArgumentParser) -> None:
@@ -724,15 +724,6 @@ def main(argv: list[str] | None = None) -> int:
         ON_COMMAND_LINE.reset(on_command_line)
 
 
-def _sleeping_waits() -> None:
-    """Have torch's CPU threads sleep while they wait for each other (OpenMP's passive wait policy), unless the
-    environment says otherwise: by default a waiting thread spins, and on a machine busy with other work (a laptop's
-    browser, another run) the spinning holds the core its partner needs: the bundled model drew a picture on 2 threads
-    in 7.2 s, 0.63 s with the threads sleeping (`benchmarks.shapes_speed`, BENCHMARKS.md). Set before torch loads
-    (OpenMP reads it then): the command's process only, not a Python caller's, whose torch may be loaded already."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def _tolerant_output() -> None:
     """Let stdout and stderr write any character. A token, prompt or file name may hold characters the stream's
     encoding lacks (Windows writes redirected output, `textinv inspect F > info.txt`, in its ANSI code page, e.g.
@@ -778,7 +769,6 @@ class _ReaderMayLeave:
 def run() -> None:
     """The `textinv` command and `python -m textinv`: `main`, then exit."""
     _tolerant_output()
-    _sleeping_waits()
     try:
         code = main()
         sys.stdout.flush()  # (here, not in the interpreter's exit, where a failure is only reported)
