@@ -4,6 +4,7 @@ out), and `textinv push` (against a stand-in for HfApi that records what would b
 import hashlib
 import importlib
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from PIL import Image
 
 from conftest import cache_snapshot
 from textinv.cli import main
-from textinv.errors import FormatError
+from textinv.errors import ConfigError, FormatError
 from textinv.formats import LearnedEmbedding, load_embedding, save_embedding
+from textinv.hub import push
 
 
 def cache_repo(cache, repo: str, files: dict) -> None:
@@ -311,6 +313,9 @@ def test_push_offline_names_a_wrong_source_or_repo_first(source, repo, said, tmp
     save_embedding(concept("<q>"), tmp_path / "learned_embeds.safetensors")
     assert main(["push", str(tmp_path / source), "--repo", repo]) == 2
     assert capsys.readouterr().err == f"textinv push: error: {said.format(tmp=tmp_path)}\n"
+    with pytest.raises(ConfigError, match=re.escape(said.format(tmp=tmp_path).replace("--repo 'q'", "repo='q'"))):
+        push(tmp_path / source, repo)  # (from Python: the keyword)
+
 
 def test_push_with_no_route_to_the_hub_is_one_line_and_publishes_nothing(tmp_path, fake_hub, monkeypatch, capsys):
     """No network and no HF_HUB_OFFLINE: huggingface_hub lets its HTTP library's own error through (httpx's

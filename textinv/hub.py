@@ -306,7 +306,7 @@ def _check_names(source: Path, repo: str) -> None:
     check imports torch (`models._is_hub_id`, the same test, does)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from .errors import ConfigError
+    from .errors import ConfigError, given
 
     if not source.exists():
         raise ConfigError(f"{source}: no such file or folder: give a training run's --out folder or an embedding file")
@@ -316,7 +316,7 @@ def _check_names(source: Path, repo: str) -> None:
     except HFValidationError:
         named = False
     if not named:
-        raise ConfigError(f"--repo {repo!r} is not a hub repo id: give OWNER/NAME, e.g. your-name/my-dog")
+        raise ConfigError(f"{given('repo', repo)} is not a hub repo id: give OWNER/NAME, e.g. your-name/my-dog")
 
 
 def _check_reachable(repo: str, api=None) -> None:
