@@ -1103,7 +1103,24 @@ def test_a_learned_token_in_another_case_is_not_warned_of_and_a_misspelled_one_n
     assert said("a <my-dog> and a <MY-DOG>") == []
     (warned,) = said("a <My-Dog> beside <my-dgo>")
     assert warned.startswith("<my-dgo> (the learned <My-Dog> misspelled?) is in no embedding given")
-    assert said("a <My-Dog> beside <ball>")[0].startswith("<ball> is in no")  # (nothing near it)
+    assert warned.endswith("without a concept; fix the spelling in prompt=")  # (not: give its file)
+    (warned,) = said("a <My-Dog> beside <ball>")
+    assert warned.startswith("<ball> is in no") and "give the file with embedding=" in warned  # (nothing near it)
+    (warned,) = said("<my-dgo> beside <ball>")  # (one misspelled, one not given: its file is still the advice)
+    assert "(the learned <My-Dog> misspelled?)" in warned and "give the file with embedding=" in warned
+
+
+def test_a_misspelled_token_in_the_negative_prompt_is_said_to_be_misspelled_there(sd1_dir, tmp_path):
+    """The advice to fix a misspelling names the flag whose text writes it (`--negative-prompt`), as typed."""
+    from textinv.cli import main
+
+    (path,) = save_embedding(LearnedEmbedding("<my-dog>", {"text_encoder": torch.zeros(1, 32)}), tmp_path / "d.pt",
+                             "a1111")
+    with pytest.warns(UserWarning, match=r"misspelled\?\) is in no embedding given .*; fix the spelling in "
+                                         r"--negative-prompt$"):
+        assert main(["generate", "--model", str(sd1_dir), "--embedding", str(path), "--prompt", "a <my-dog>",
+                     "--negative-prompt", "<my-dgo>", "-n", "1", "--steps", "1", "--width", "16",
+                     "--out", str(tmp_path / "cli")]) == 0
 
 
 def test_lora_tags_are_read_as_the_web_ui_reads_them():

@@ -1499,12 +1499,25 @@ def _warn_unknown_tokens(config: GenerateConfig, model: Model, texts: list[str])
                if word.lower() not in learned
                and tokenizer.convert_tokens_to_ids(word.lower()) == tokenizer.unk_token_id]
     if unknown:
-        named = [word + "".join(f" (the learned {learned[near]} misspelled?)"
-                                for near in difflib.get_close_matches(word.lower(), learned, 1))
-                 for word in unknown]
+        near = {word: difflib.get_close_matches(word.lower(), learned, 1) for word in unknown}
+        named = [word + "".join(f" (the learned {learned[n]} misspelled?)" for n in near[word]) for word in unknown]
+        # (a file to give helps only a token that is not a misspelling of one already given)
+        fix = (f"fix the spelling in {_written_in(config, unknown)}" if all(near.values()) else
+               f"give the file with {setting('embedding')} (a file or a folder of them)")
         warn(f"{', '.join(named)} {'is' if len(unknown) == 1 else 'are'} in no embedding given and not in the "
-             f"model's vocabulary: drawn as pieces of words, without a concept; give the file with "
-             f"{setting('embedding')} (a file or a folder of them)", stacklevel=3)
+             f"model's vocabulary: drawn as pieces of words, without a concept; {fix}", stacklevel=3)
+
+
+def _written_in(config: GenerateConfig, words: list[str]) -> str:
+    """The settings whose text writes any of `words` (`--prompt or --negative-prompt`), for a warning that says where
+    to change them; "the prompt" where none does (a word a wildcard file gave)."""
+    names = [name for name in ("prompt", "negative_prompt", "hires_prompt", "hires_negative_prompt")
+             if any(word in text for word in words for text in _texts(getattr(config, name)))]
+    return " or ".join(setting(name) for name in names) or "the prompt"
+
+
+def _texts(value: str | list[str] | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def _file_names(config: GenerateConfig, jobs: list[dynamic.Job], sources: list[Path | None]
