@@ -469,6 +469,27 @@ def test_a_size_far_above_the_models_is_warned_about_by_its_area(sd1_dir, tmp_pa
         draw("c", width=3 * native)
 
 
+def test_a_size_far_below_the_models_is_warned_about_once_a_run(sd1_dir, tmp_path):
+    """`--width 8 --height 8` on the bundled 64x64 model (or 1008x8 on SD's 512) drew noise silently: a first pass
+    with a side under a quarter of the model's own is warned of, once for its size in a run, naming both sizes."""
+    model = fresh_model(sd1_dir)
+    model.unet.register_to_config(sample_size=32)  # (the tiny UNet told it was made for 64x64, as the shapes model)
+    assert model.resolution == 64
+
+    def said(out, **settings):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            generate(GenerateConfig(prompt=["a dog", "a cat"], n=2, steps=1, out=str(tmp_path / out),
+                                    model=str(sd1_dir), **settings), model=model, progress=False)
+        return [str(w.message) for w in caught if "far below" in str(w.message)]
+
+    assert said("a", width=8, height=8) == [f"8x8 is far below the 64x64 {model.source} was trained at, a side under "
+                                            f"a quarter of its own: models draw noise or mush there; draw at 64x64 "
+                                            f"or near it"]
+    assert len(said("b", width=64, height=8)) == 1  # (one side is enough)
+    assert said("c", width=16, height=16) == said("d") == []  # (a quarter itself, and the model's own size)
+
+
 def test_a_non_square_picture_has_the_asked_size_and_says_it_as_the_web_ui_does(sd1_dir, tmp_path):
     model = fresh_model(sd1_dir)
 

@@ -1362,6 +1362,15 @@ def _warn_large(model: Model, drawn: tuple[int, int], stacklevel: int = 3) -> No
              f"draw poorly far from their training size", stacklevel=stacklevel)
 
 
+def _warn_small(model: Model, size: tuple[int, int], stacklevel: int = 3) -> None:
+    """Warn of a first pass `size` with a side under a quarter of the model's own (8x8, or 1008x8, on SD's 512): the
+    UNet sees a few latent pixels on that side and draws noise or mush, though nothing fails."""
+    own = model.resolution
+    if min(size) < own / 4:
+        warn(f"{size[0]}x{size[1]} is far below the {own}x{own} {model.source} was trained at, a side under a quarter "
+             f"of its own: models draw noise or mush there; draw at {own}x{own} or near it", stacklevel=stacklevel)
+
+
 def _draw_all(configs: list[GenerateConfig], model: Model, embeddings: list[LearnedEmbedding],
               loras: dict[str, Path], progress: bool, keep_seeds: set[int] | None, digests: dict[str, str | None],
               embedding_sums: dict[str, str], where: _Where | None = None, pictures: _InitPictures | None = None,
@@ -1580,6 +1589,7 @@ class _Run:
     suffix: list[str]
     lora_sums: dict[str, str] = field(default_factory=dict)  # each LoRA's web UI hash (`lora_sha256`), read once
     warned: set[tuple[int, int]] = field(default_factory=set)  # the sizes `_warn_large` has warned of
+    warned_small: set[tuple[int, int]] = field(default_factory=set)  # the first passes' sizes `_warn_small` has seen
     loras_on: dict | None = None  # the LoRAs active on the model (`_lora_set`; None: not known)
     refiner: Refiner | None = None  # --refiner (`refiner_model`)
     hires_model: Model | None = None  # --hires-model (`hires_model`)
@@ -1824,8 +1834,8 @@ def _prompt_hashes(run: _Run, loras: list[emphasis.LoraTag], first: list[str], s
 def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | None, config: GenerateConfig
                  ) -> tuple[int, int, Hires | None, tuple[int, int], _Text]:
     """What a job's pictures from one --init-image picture `source` (None: none) draw at: the first pass's width and
-    height, the hires fix with this prompt's second pass, the pictures' size (warned of when large) and their
-    PNG text (recording `config`, its run's settings)."""
+    height, the hires fix with this prompt's second pass, the pictures' size (warned of when large; the first pass
+    when small) and their PNG text (recording `config`, its run's settings)."""
     model = run.model
     width, height, hires, drawn = _sizes(config, model, run.pictures.sizes.get(source))
     if hires is not None:  # (with this prompt's second pass)
@@ -1835,6 +1845,9 @@ def _source_pass(run: _Run, job: dynamic.Job, prompt: _Prompt, source: Path | No
     if drawn not in run.warned:
         run.warned.add(drawn)
         _warn_large(model, drawn, stacklevel=5)
+    if (width, height) not in run.warned_small:  # (the first pass: where the picture is composed)
+        run.warned_small.add((width, height))
+        _warn_small(model, (width, height), stacklevel=5)
     shared = _record(config, model, run.steps, run.guidance, run.clip_skip, width, height, source)
     img2img = (passes_denoise(config) or refine.IMG2IMG_DENOISE) if source is not None else None
     second = (hires.model or model) if hires is not None else model  # (the model of the pass the refiner draws in)
