@@ -215,6 +215,26 @@ def test_folder_whose_pictures_are_in_subfolders_names_them(tmp_path):
     with pytest.raises(DataError, match=r"subfolders \(sks dog\) are not searched.*e.g. .*sks dog, or name the "
                                         r"subfolders as kohya does.*10_sks dog"):
         find_images(tmp_path)
+    with pytest.raises(DataError, match=r"10_sks dog\), to score with them all$"):
+        find_images(tmp_path, "score")
+
+
+def test_a_training_runs_folder_given_as_the_pictures_is_said_to_be_one(tmp_path):
+    """A run's --out as the pictures (score takes it as --embedding) was refused in training's words, "give the
+    folder that holds the pictures itself, e.g. run1/checkpoints ... to train on them all"."""
+    run = tmp_path / "run1"
+    for sub in ("checkpoints", "samples"):
+        (run / sub).mkdir(parents=True)
+    (run / "config.yaml").write_text("token: <x>\n")
+    with pytest.raises(DataError, match=rf"^{run} is a training run's folder \(it holds config.yaml\), not a folder "
+                                        rf"of pictures; give the run with embedding='{run}', and with images= the "
+                                        rf"folder of the pictures themselves") as caught, \
+            pytest.warns(SkippedFilesWarning, match="config.yaml"):
+        find_images(run, "score")
+    assert "checkpoints" not in str(caught.value) and "to train on" not in str(caught.value)
+    with pytest.raises(DataError, match=r"not a folder of pictures; give the folder of the pictures themselves$"), \
+            pytest.warns(SkippedFilesWarning):
+        find_images(run)
 
 
 def test_kohya_layout_reads_each_folder_with_its_repeat_count(tmp_path):

@@ -954,3 +954,25 @@ def test_score_takes_paths_as_text(run_dir, clip_dir, sd1_dir, tmp_path):
     assert result.report["clip"] == str(clip_dir) and result.report["settings"]["out"] == str(out)
     assert json.loads(result.scores.read_text())["settings"]["embedding"] == str(run_dir)
     assert repr(result) == f"ScoreResult(html={result.html!r}, png={result.png!r}, scores={result.scores!r})"
+
+
+def test_a_run_folder_as_images_and_a_missing_compare_say_what_to_give(tmp_path, capsys):
+    """`--images RUN` (a training run's --out) was refused as training refuses it ("e.g. run1/checkpoints ... to
+    train on them all"), and `--compare missing` said only "does not exist"; both are refused before any model
+    loads."""
+    from textinv.formats import LearnedEmbedding, save_embedding
+
+    emb = save_embedding(LearnedEmbedding("<x>", {"text_encoder": torch.randn(1, 32)}), tmp_path / "x.safetensors",
+                         "diffusers")[0]
+    run = tmp_path / "run1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("token: <x>\n")
+    with pytest.warns(UserWarning, match="config.yaml"):
+        assert main(["score", "--embedding", str(emb), "--images", str(run), "--out", str(tmp_path / "o")]) == 2
+    said = capsys.readouterr().err
+    assert (f"{run} is a training run's folder (it holds config.yaml), not a folder of pictures; give the run with "
+            f"--embedding {run}, and with --images the folder of the pictures themselves") in said
+    assert "to train on" not in said and "checkpoints" not in said
+    assert main(["score", "--embedding", str(emb), "--compare", str(tmp_path / "missing")]) == 2
+    assert (f"--compare '{tmp_path / 'missing'}' does not exist; --compare takes embedding files of the same "
+            f"concept, a folder of them (e.g. a run's embeddings/) or hub ids") in capsys.readouterr().err

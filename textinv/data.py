@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ConfigError, DataError, TextinvWarning, backslash_note, first_few, warn
+from .errors import ConfigError, DataError, TextinvWarning, backslash_note, first_few, setting, warn
 from .io import read_text
 
 __all__ = [
@@ -207,9 +207,11 @@ class CaptionLinesWarning(TextinvWarning):
 # 1. Finding the images
 
 
-def find_images(folder: str | os.PathLike) -> list[Path]:
+def find_images(folder: str | os.PathLike, purpose: str = "train") -> list[Path]:
     """The pictures in `folder` (not its subfolders), sorted by name; or, for a folder in kohya's layout, the
-    pictures of its `<repeats>_<words>` subfolders (`kohya_repeats`), folder by folder.
+    pictures of its `<repeats>_<words>` subfolders (`kohya_repeats`), folder by folder. `purpose`: what the
+    pictures are for, "train" or "score", which a folder without pictures is refused in the words of
+    (`_no_pictures`).
 
     A file counts as a picture if Pillow can read its header, whatever its name says, except camera RAW files
     (`.dng`, `.cr2`, `.nef`...), where Pillow would read only the small preview inside. Hidden files, OS litter
@@ -239,15 +241,27 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     if not images and kohya:
         return _kohya_images(folder, subfolders)
     if not images and subfolders:
-        # kohya's layout puts the pictures one level down ("train/10_sks dog/"): say so rather than "no images"
-        raise DataError(
-            f"no images found in {folder}, and its subfolders ({_names(subfolders)}) are not searched; give the "
-            f"folder that holds the pictures itself, e.g. {subfolders[0]}, or name the subfolders as kohya does, "
-            f"<repeats>_<words> (such as 10_{subfolders[0].name}), to train on them all"
-        )
+        raise DataError(_no_pictures(folder, subfolders, purpose))
     if not images:
         raise DataError(f"no images found in {folder}; put 3-10 .jpg/.png/.webp pictures of your concept there")
     return images
+
+
+def _no_pictures(folder: Path, subfolders: list[Path], purpose: str) -> str:
+    """Why `folder`, which holds `subfolders` and no pictures, is refused as the pictures to `purpose` ("train",
+    "score"). A training run's --out (its config.yaml, checkpoints/, samples/) is the likely mistake when scoring,
+    as score takes that folder for --embedding: its subfolders hold no pictures, so none is suggested. Else
+    kohya's layout, which puts the pictures one level down ("train/10_sks dog/"), is said rather than "no images"."""
+    from .run_folder import CONFIG_FILE  # (run_folder imports this module)
+    if (folder / CONFIG_FILE).is_file():
+        where = (f"; give the run with {setting('embedding', str(folder))}, and with {setting('images')} the "
+                 f"folder of the pictures themselves (or leave it out: the run's config.yaml says where they are)"
+                 if purpose == "score" else "; give the folder of the pictures themselves")
+        return f"{folder} is a training run's folder (it holds {CONFIG_FILE}), not a folder of pictures{where}"
+    return (f"no images found in {folder}, and its subfolders ({_names(subfolders)}) are not searched; give the "
+            f"folder that holds the pictures itself, e.g. {subfolders[0]}, or name the subfolders as kohya does, "
+            f"<repeats>_<words> (such as 10_{subfolders[0].name}), to {purpose} "
+            f"{'on' if purpose == 'train' else 'with'} them all")
 
 
 def _subfolders_left_out(folder: Path, subfolders: list[Path], subject: str, subset: bool = False) -> str:
@@ -418,18 +432,19 @@ class PictureSet:
                                    names=[self.names[k] for k in order])
 
 
-def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict] = ()) -> PictureSet:
+def picture_set(images: str | os.PathLike | None = None, subsets: Sequence[dict] = (),
+                purpose: str = "train") -> PictureSet:
     """The pictures of the folder `images` (`find_images`: plain, or in kohya's layout), or of kohya dataset
     `subsets`: mappings of `images` (a folder, read as kohya reads a subset's image_dir: the pictures in it, not in
     its subfolders), `repeats` and `caption_extension`, and `skip_image_resolution` where its dataset gave one (the
     pictures of at most that area left out, `_larger_than`), as `TrainConfig.subset_list` gives them (what
-    `--dataset-config` read from a kohya file).
+    `--dataset-config` read from a kohya file). `purpose`: what they are for (`find_images`).
 
     >>> picture_set(subsets=[{"images": "img/a", "repeats": 10, "caption_extension": None}]).repeats  # doctest: +SKIP
     [10, 10]
     """
     if images is not None:
-        paths = find_images(images)
+        paths = find_images(images, purpose)
         return PictureSet(str(images), paths, picture_repeats(images, paths), [None] * len(paths),
                           picture_names(images, paths), describe_kohya(images, paths))
     paths: list[Path] = []

@@ -300,7 +300,8 @@ def _compared(paths: list[str], emb: LearnedEmbedding,
         path = Path(text).expanduser()
         on_hub = hub_reference(text) is not None  # (read as --embedding reads one: from the hub, or its cache)
         if not on_hub and not on_disk(path).exists():  # (FILE::NAME, a LoRA's bundled one: FILE)
-            raise ConfigError(f"{setting('compare', text)} does not exist")
+            raise ConfigError(f"{given('compare', text)} does not exist; {setting('compare')} takes embedding files "
+                              f"of the same concept, a folder of them (e.g. a run's embeddings/) or hub ids")
         try:
             other, file = load_embedding(embedding_file(path)), _read_file(path)
         except FormatError:
@@ -813,7 +814,7 @@ def _training_pictures(images: str | None, run: dict | None, subsets: list[dict]
     or kohya `subsets` (`TrainConfig.subset_list`), each picture once. `run`: the training run they came from, when
     --images was not given: a folder moved or deleted since is said as that."""
     try:
-        paths = dict.fromkeys(picture_set(images, subsets).paths)  # (a picture in two subsets is one picture)
+        paths = dict.fromkeys(picture_set(images, subsets, "score").paths)  # (a picture in two subsets is one picture)
         # (seen only by CLIP, at 224, and as 256-pixel thumbnails: a big JPEG need not be decoded whole)
         return [load_image(p, shown_at=256) for p in paths]
     except DataError as e:
