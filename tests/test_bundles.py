@@ -540,3 +540,25 @@ def test_into_lora_refuses_an_embedding_of_another_family_than_the_loras(loras, 
                                                    "text_encoder_2": torch.randn(1, 1280)}), tmp_path / "x.safetensors",
                           "sdxl")[0]
     convert(both, tmp_path / "out.safetensors", into_lora=tmp_path / "xl.safetensors")  # (its own family: written)
+
+
+def test_convert_into_lora_says_a_run_folder_or_an_embedding_is_no_lora(tmp_path, capsys):
+    """A training run's folder as --into-lora was read as its embedding file and refused as "it holds no LoRA's
+    tensors (e.g. '<x>')", which says neither what was given nor what --into-lora takes."""
+    from textinv.cli import main
+
+    run = tmp_path / "run1"
+    emb = LearnedEmbedding("<x>", {"text_encoder": torch.randn(1, 32)})
+    save_embedding(emb, run / "learned_embeds.safetensors", "diffusers")
+    (run / "config.yaml").write_text("token: <x>\n")
+    pt = save_embedding(emb, tmp_path / "x.pt", "a1111")[0]
+    assert main(["convert", str(pt), str(tmp_path / "out.safetensors"), "--into-lora", str(run)]) == 2
+    said = capsys.readouterr().err
+    assert f"--into-lora '{run}' is an embedding's folder (it holds learned_embeds.safetensors" in said
+    assert "which convert takes as src, not a LoRA: --into-lora takes the LoRA .safetensors file" in said
+    with pytest.raises(FormatError, match=r"^into_lora='\S+' is a folder, not a LoRA: into_lora= takes the LoRA"):
+        convert(pt, tmp_path / "out.safetensors", into_lora=tmp_path)  # (a folder without an embedding)
+    with pytest.raises(FormatError, match=r"holds no LoRA's tensors \(e.g. '<x>'\); it is an embedding \('<x>'\), "
+                                          r"which convert takes as src, not a LoRA: give the LoRA file"):
+        convert(pt, tmp_path / "out.safetensors", into_lora=run / "learned_embeds.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()

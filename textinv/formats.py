@@ -748,6 +748,29 @@ def _resolve(path: str | Path) -> Path:
     return fetch_embedding(*reference) if reference is not None else _local_file(path)
 
 
+def _check_lora_path(lora: Path) -> None:
+    """Refuse a folder as `bundle_into_lora`'s LoRA before `_local_file` reads it as an embedding's (a training
+    run's --out, the likely mistake, gives its learned_embeds file, which would be refused as holding no LoRA)."""
+    folder = lora.expanduser()
+    if not folder.is_dir():
+        return
+    held = diffusers_file(folder)
+    what = (f"an embedding's folder (it holds {held.name}, as a training run's folder does), which convert takes "
+            f"as src" if held is not None else "a folder")
+    raise FormatError(f"{given('into_lora', str(lora))} is {what}, not a LoRA: {setting('into_lora')} takes the LoRA "
+                      f".safetensors file to bundle the embedding into (e.g. Lora/style.safetensors)")
+
+
+def _embedding_note(lora: Path) -> str:
+    """What a refusal of a file that holds no LoRA's tensors adds where the file is an embedding (the likely mix-up:
+    an embedding file given for the LoRA), which would else be said as a key of it, "e.g. '<x>'"."""
+    try:
+        emb = load_embedding(lora)
+    except FormatError:  # (no embedding either: the refusal's own words stand)
+        return ""
+    return f"; it is an embedding ({emb.token!r}), which convert takes as src, not a LoRA"
+
+
 def _local_file(path: str | Path) -> Path:
     """`_resolve` for a `path` that names no hub repo: itself (`~` expanded), or a diffusers folder's learned_embeds
     file."""
@@ -1253,12 +1276,14 @@ def bundle_into_lora(emb: LearnedEmbedding, lora: str | Path, dst: str | Path, o
     if dst.exists() and not overwrite:
         raise FormatError(f"{dst} already exists; pass {setting('overwrite', True)} to replace it, or choose another "
                           f"output path")
+    _check_lora_path(lora)
     try:
         with safe_open(str(_local_file(lora)), framework="pt", device="cpu") as f:
             metadata, keys = dict(f.metadata() or {}), list(f.keys())
             if not any(is_lora_key(k) for k in keys):
                 raise FormatError(f"{setting('into_lora', lora)}: it holds no LoRA's tensors (e.g. "
-                                  f"{sorted(keys)[0] if keys else 'none at all'!r}): give the LoRA file to bundle into")
+                                  f"{sorted(keys)[0] if keys else 'none at all'!r}){_embedding_note(lora)}: give the "
+                                  f"LoRA file to bundle into")
             tensors = {key: f.get_tensor(key) for key in keys}
     except FormatError:
         raise
