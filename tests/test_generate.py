@@ -189,7 +189,23 @@ def test_an_embedding_whose_token_the_model_has_saved_in_it_is_refused_in_genera
     said = str(caught.value)
     assert "training" not in said
     assert "the model's tokenizer has '<cat-toy>' already" in said and "--save_as_full_pipeline" in said
-    assert "pass another name for the embedding with --token" in said
+    assert "pass another name for the embedding with token=" in said  # (from Python: its keyword)
+
+
+def test_an_embedding_whose_token_has_spaces_is_refused_naming_the_setting_that_renames_it(sd1_dir, tmp_path,
+                                                                                         capsys):
+    """The refusal said "pass a different name with --token" from Python too, where the setting is token=."""
+    from textinv.cli import main
+
+    emb = LearnedEmbedding("my dog", {"text_encoder": torch.randn(1, 32)})
+    with pytest.raises(TokenError, match=r"one non-empty word without spaces, .*\(pass a different name with "
+                                         r"token=\)$"):
+        install_embedding(fresh_model(sd1_dir), emb)
+    path = save_embedding(emb, tmp_path / "e.safetensors", "diffusers")[0]
+    with pytest.warns(UserWarning, match="is in no --prompt"):
+        assert main(["generate", "--prompt", "a dog", "--embedding", str(path), "--model", str(sd1_dir), "-n", "1",
+                     "--steps", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "(pass a different name with --token)" in capsys.readouterr().err
 
 
 def test_a_multi_vector_token_the_model_has_saved_in_it_draws_with_all_its_vectors_as_in_diffusers(

@@ -199,8 +199,9 @@ def install_embedding(model: Model, emb: LearnedEmbedding, comfy: bool = False) 
             raise TokenError(f"cannot add embedding {emb.token!r}: the model's tokenizer has {name!r} already, as "
                              f"a word of its own or a learned token saved into the model (as the diffusers "
                              f"script's --save_as_full_pipeline saves it, which draws without --embedding); "
-                             f"pass another name for the embedding with --token")
-        raise TokenError(f"cannot add embedding {emb.token!r}: {error} (pass a different name with --token)") from error
+                             f"pass another name for the embedding with {setting('token')}")
+        raise TokenError(f"cannot add embedding {emb.token!r}: {error} (pass a different name with "
+                         f"{setting('token')})") from error
     if not hasattr(model, "_pristine"):  # what unload_embeddings restores: the tokens go into copies of the tokenizers
         model._pristine = [(name, tok, te.get_input_embeddings()) for name, tok, te in model.encoders]
         for name, tok, _ in model._pristine:
