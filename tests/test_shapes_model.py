@@ -49,6 +49,16 @@ def refused(argv, message):
     assert err.getvalue().startswith("error: ") and message in err.getvalue(), err.getvalue()
 
 
+def vae_only(config, work):
+    """A work folder at `work` with a 2-step VAE and no UNet, its checkpoint holding a latent scale as a VAE kept
+    from an export does: UNet runs that are compared with each other need not each measure it (512 renders)."""
+    from textinv.shapes.pretrain import train_vae
+
+    train_vae(config, work, minutes=5, max_steps=2, log=lambda _: None)
+    state = json.loads((work / "vae" / "state.json").read_text())
+    (work / "vae" / "state.json").write_text(json.dumps({**state, "scaling_factor": 3.0}))
+
+
 def test_world_tokenizer_has_every_word_as_one_token():
     tok = build_tokenizer_for_world()
     split = {w: tok.tokenize(w) for w in world.VOCABULARY if len(tok.tokenize(w)) != 1}
@@ -207,6 +217,38 @@ def test_a_new_unet_of_other_sizes_trains_on_a_kept_vae(tmp_path):
             "made with another unet_layers")
     assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "3", "--set", "ema_decay=0.99"]) == 0
     refused(["--from-model", str(first), "--work", str(tmp_path / "w3"), "--keep", "unet"], "keep 'vae' or 'vae,unet'")
+
+
+def test_a_new_unet_on_a_kept_vae_takes_the_exports_scale_without_measuring(quick_run, tmp_path, monkeypatch,
+                                                                              capsys):
+    """`--keep vae` keeps the export's latent scaling factor with the VAE: the new UNet's first chunk uses it (it
+    rendered and encoded 512 pictures to measure it again); once a VAE chunk changes the encoder, it is measured."""
+    from textinv.shapes import pretrain
+
+    first, work = quick_run[1], tmp_path / "w2"
+    measured = []
+    real = pretrain.latent_scale
+    monkeypatch.setattr(pretrain, "latent_scale", lambda *a, **kw: measured.append(1) or real(*a, **kw))
+    assert pretrain_main(["--from-model", str(first), "--keep", "vae", "--work", str(work)]) == 0
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "1"]) == 0
+    exported = json.loads((first / "training.json").read_text())["scaling_factor"]
+    assert json.loads((work / "unet" / "state.json").read_text())["scaling_factor"] == exported
+    assert load_model(first).vae.config.scaling_factor == exported and not measured
+    assert "(the kept VAE's)" in capsys.readouterr().out
+    assert pretrain_main(["--stage", "vae", "--work", str(work), "--steps", "3"]) == 0
+    assert pretrain_main(["--stage", "unet", "--work", str(work), "--steps", "2"]) == 0
+    assert measured == [1]
+
+
+def test_measuring_the_latent_scale_leaves_torchs_global_generator_alone():
+    """The posterior's noise comes from the measurement's own generator, so where it is measured (first chunk or
+    not) does not change what a run draws afterwards."""
+    from textinv.shapes.pretrain import QUICK, build_vae, latent_scale
+
+    vae = build_vae(PretrainConfig(**QUICK))  # (its initial weights come from the global generator)
+    before = torch.get_rng_state()
+    scale = latent_scale(vae, "cpu", n=64)
+    assert torch.equal(before, torch.get_rng_state()) and scale > 0
 
 
 def test_a_folder_made_from_an_exported_model_takes_the_seed_flag(quick_run, tmp_path):
@@ -401,8 +443,8 @@ def test_unet_object_weight_weighs_the_objects_latent_pixels_in_the_unet_loss(tm
     import torch.nn.functional as F
     from safetensors.torch import load_file
 
-    from textinv.shapes.pretrain import (QUICK, _CaptionIds, _unet_draws, _unet_inputs, _unet_pictures, train_unet,
-                                         train_vae)
+    from textinv.shapes.pretrain import (QUICK, _CaptionIds, _unet_draws, _unet_inputs, _unet_pictures,
+                                         train_unet)
 
     config = PretrainConfig(**{**QUICK, "unet_batch": 4, "unet_object_weight": 8.0})
     ids_of = _CaptionIds(build_tokenizer_for_world())
@@ -417,7 +459,7 @@ def test_unet_object_weight_weighs_the_objects_latent_pixels_in_the_unet_loss(tm
                             np.random.default_rng(0), ids_of, (4, 16, 16), 1000, False)
     assert "w" not in plain and torch.equal(plain["x"], inputs["x"])  # (the default run's inputs as before)
 
-    train_vae(config, tmp_path / "vae-only", minutes=5, max_steps=2, log=lambda _: None)
+    vae_only(config, tmp_path / "vae-only")
     weights = {}
     for weight in (0.0, 8.0):
         work = tmp_path / f"w{weight}"
@@ -724,10 +766,10 @@ def test_unet_inputs_made_ahead_train_as_made_in_turn_and_chunks_resume_where_on
 
     from safetensors.torch import load_file
 
-    from textinv.shapes.pretrain import QUICK, train_unet, train_vae
+    from textinv.shapes.pretrain import QUICK, train_unet
 
     config = PretrainConfig(**{**QUICK, "unet_batch": 4})
-    train_vae(config, tmp_path / "vae-only", minutes=5, max_steps=2, log=lambda _: None)
+    vae_only(config, tmp_path / "vae-only")
     runs = {}
     for name, ahead, threads, chunks in (("in-turn", False, 1, [4]), ("ahead", True, 1, [4]),
                                          ("3-renders", True, 3, [4]), ("two-chunks", True, 3, [2, 4])):
@@ -785,10 +827,10 @@ def test_the_unet_stage_through_a_captured_step_trains_as_the_plain_step(tmp_pat
     from graph_fakes import FakeCapture
     from textinv import graphs
     from textinv.shapes import pretrain
-    from textinv.shapes.pretrain import QUICK, train_unet, train_vae
+    from textinv.shapes.pretrain import QUICK, train_unet
 
     config = PretrainConfig(**{**QUICK, "unet_batch": 4})
-    train_vae(config, tmp_path / "vae-only", minutes=5, max_steps=2, log=lambda _: None)
+    vae_only(config, tmp_path / "vae-only")
     calls = []
     real_call = graphs.CapturedStep.__call__
     monkeypatch.setattr(graphs.CapturedStep, "__call__", lambda self, x: calls.append(1) or real_call(self, x))

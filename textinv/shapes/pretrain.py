@@ -603,9 +603,10 @@ def train_vae(config: PretrainConfig, work: Path, minutes: float, device="cpu", 
 
 @torch.no_grad()
 def latent_scale(vae, device, n: int = 512, seed: int = 1234) -> float:
-    """1 / std of the VAE's latents over fresh renders: makes latents unit-variance, as SD's 0.18215 does."""
-    g = torch.Generator().manual_seed(seed)
-    zs = [vae.encode(_images(64, g, device)[1]).latent_dist.sample() for _ in range(max(1, n // 64))]
+    """1 / std of the VAE's latents over fresh renders: makes latents unit-variance, as SD's 0.18215 does. Its own
+    generators draw the renders and the posterior's noise: measuring leaves torch's global one as it was."""
+    g, noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    zs = [vae.encode(_images(64, g, device)[1]).latent_dist.sample(generator=noise) for _ in range(max(1, n // 64))]
     return float(1.0 / torch.cat(zs).float().std())
 
 
@@ -686,9 +687,9 @@ def _render_threads(n: int | None) -> int:
     return min(8, os.cpu_count() or 1) if n is None else n
 
 
-def _frozen_vae(config: PretrainConfig, work: Path, device) -> tuple[torch.nn.Module, int, int]:
-    """The trained VAE, frozen on `device`, with its step and the step its encoder (so the latents) was last changed
-    at."""
+def _frozen_vae(config: PretrainConfig, work: Path, device) -> tuple[torch.nn.Module, int, int, float | None]:
+    """The trained VAE, frozen on `device`, with its step, the step its encoder (so the latents) was last changed
+    at and its latent scaling factor where its checkpoint knows it (a VAE kept from an export: the export's)."""
     # Under the lock: a decoder-only VAE chunk running beside this one swaps its checkpoint in under it.
     with _locked(work / "log.json"):
         for stage in (work / "vae", work / "unet"):
@@ -703,7 +704,7 @@ def _frozen_vae(config: PretrainConfig, work: Path, device) -> tuple[torch.nn.Mo
     vae.to(device).eval().requires_grad_(False)
     vae_step = vae_state["step"]
     latents_from = vae_state.get("encoder_step", vae_step)  # a decoder-only chunk leaves the latents as they were
-    return vae, vae_step, latents_from
+    return vae, vae_step, latents_from, vae_state.get("scaling_factor")
 
 
 def _unet_models(config: PretrainConfig, device):
@@ -846,7 +847,7 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
     >>> train_unet(config, Path("runs/shapes"), minutes=20, device="cuda", render_threads=8)  # doctest: +SKIP
     """
     render_threads = _render_threads(render_threads)
-    vae, vae_step, latents_from = _frozen_vae(config, work, device)
+    vae, vae_step, latents_from, vae_scale = _frozen_vae(config, work, device)
     tokenizer, text_encoder, unet, noise_scheduler = _unet_models(config, device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=config.unet_lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
@@ -855,9 +856,9 @@ def train_unet(config: PretrainConfig, work: Path, minutes: float, device="cpu",
              for k, _ in model.named_parameters()]
     step, scale, ema = _resume_unet(work / "unet", config, unet, text_encoder, opt, params, names, g, rng, device,
                                     latents_from, log)
-    if scale is None:
-        scale = latent_scale(vae, device)
-        log(f"unet: latent scaling factor {scale:.4f}")
+    if scale is None:  # a kept VAE's is the scale of these very weights: measuring it again would only repeat it
+        scale = latent_scale(vae, device) if vae_scale is None else vae_scale
+        log(f"unet: latent scaling factor {scale:.4f}" + ("" if vae_scale is None else " (the kept VAE's)"))
     torch.manual_seed(config.seed + 1 + step)  # the VAE posterior's sampling noise (none once deterministic)
 
     drawn = (_generator_state(g), rng.bit_generator.state)  # the generators' states after the last step's draws
@@ -1126,6 +1127,8 @@ def _write_kept_stages(work: Path, keep: tuple[str, ...], model, unet, config: P
             save_file(tensors, str(folder / f"{name}.safetensors"))
         save_file({}, str(folder / "optimizer.safetensors"))
         state = {"step": steps.get(stage, 0), "generator": _generator_state(g)}
+        if stage == "vae":  # (a VAE chunk writes its state afresh, without it: its encoder changes the latents)
+            state["scaling_factor"] = record["scaling_factor"]
         if stage == "unet":
             save_file({f"{n}.{k}": v.to(torch.float16) for n, t in modules.items() for k, v in t.items()},
                       str(folder / "ema.safetensors"))
