@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import io
 import os
 import runpy
 import signal
@@ -76,6 +77,36 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+class _CommandsStderr(io.TextIOBase):
+    """sys.stderr while a command runs here: its writes go to that command's log, and at any other time to the
+    stderr in place then. A logging handler made meanwhile keeps the stream it found (transformers' and diffusers'
+    make theirs at their first warning): were that the log, later parts' warnings went to a closed file ("--- Logging
+    error ---", the warning lost)."""
+
+    def __init__(self):
+        self.log = None
+
+    def _target(self):
+        if self.log is not None:
+            return self.log
+        return sys.stderr if sys.stderr is not self else sys.__stderr__
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def fileno(self) -> int:  # (what needs the file itself, e.g. faulthandler, gets the log's)
+        return self._target().fileno()
+
+    def isatty(self) -> bool:
+        return self._target().isatty()
+
+
+_STDERR = _CommandsStderr()
+
+
 def run_here(command: list[str], log) -> int:
     """`command` (`python -m MODULE ARGS...` or `python -c CODE`) run in this process as its own process would run
     it, its prints appended to `log`: its exit status. --quick's way (a smoke test): a new process spends seconds
@@ -84,8 +115,9 @@ def run_here(command: list[str], log) -> int:
     how, target, *rest = command[1:]
     argv = sys.argv
     sys.argv = [target, *rest]
+    _STDERR.log = log
     try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(_STDERR):
             try:
                 if how == "-m":
                     runpy.run_module(target, run_name="__main__", alter_sys=True)
@@ -101,7 +133,7 @@ def run_here(command: list[str], log) -> int:
                 return 1
         return 0
     finally:
-        sys.argv = argv
+        sys.argv, _STDERR.log = argv, None
         log.flush()
 
 

@@ -487,6 +487,30 @@ def test_a_command_past_its_time_is_killed_with_its_children_and_leaves_time_for
     assert not alive
 
 
+def test_a_quick_sessions_parts_each_log_their_own_warnings(tmp_path):
+    """A logging handler that a command makes (transformers and diffusers make theirs at their first warning) goes
+    on writing to the log of the part that runs: it wrote to the first part's log, closed by then ("--- Logging
+    error ---", the warning lost)."""
+    import logging
+    import sys
+
+    from benchmarks.gpu_session import run_part
+
+    name = "textinv.tests.run_here"
+    made = f"import logging; logging.getLogger('{name}').addHandler(logging.StreamHandler())"
+    warns = f"import logging; logging.getLogger('{name}').warning('a warning of the second part')"
+    try:
+        assert run_part("environment", [[sys.executable, "-c", made]], 60, tmp_path / "a.txt", here=True)[
+            "status"] == "ok"
+        assert run_part("speed", [[sys.executable, "-c", warns]], 60, tmp_path / "b.txt", here=True)["status"] == "ok"
+    finally:
+        for handler in logging.getLogger(name).handlers[:]:
+            logging.getLogger(name).removeHandler(handler)
+    second = (tmp_path / "b.txt").read_text()
+    assert "\na warning of the second part\n" in second and "Logging error" not in second
+    assert "warning" not in (tmp_path / "a.txt").read_text()
+
+
 def test_gpu_session_says_what_finished_when_it_is_killed_midway(monkeypatch, tmp_path):
     """session.txt is written as each part starts and ends: a session killed in its speed part (the lease's end)
     still records the environment part and where it stopped."""
