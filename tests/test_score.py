@@ -322,7 +322,7 @@ def test_token_renames_an_embedding_whose_name_the_tokenizer_knows(run_dir, sd1_
     emb = load_embedding(run_dir)
     save_embedding(LearnedEmbedding("dog", emb.vectors), tmp_path / "dog.pt", "a1111")  # an A1111 file named 'dog'
     base = dict(images=str(run_dir.parent / "images"), model=str(sd1_dir), prompts=["a photo of {}"])
-    with pytest.raises(TokenError, match="--token"):
+    with pytest.raises(TokenError, match=r"with token=\)"):
         score(_quick(tmp_path / "dog.pt", clip_dir, tmp_path / "o", **base), judge=judge, progress=False)
     report = score(_quick(tmp_path / "dog.pt", clip_dir, tmp_path / "o", token="<dg>", **base), judge=judge,
                    progress=False).report
