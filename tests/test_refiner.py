@@ -114,10 +114,10 @@ def test_comfy_emphasis_draws_the_refiner_without_an_embedding_it_cannot_read_as
     """ComfyUI's refiner reads a file's clip_g vectors (1280 wide) and leaves an SD 1.x embedding (768) out of its
     prompt with a warning (comfy/sd1_clip.py: shape mismatch): under --emphasis comfy the refiner draws without it
     (its ids taken out of the chunk, which closes up), the base still reading it on CLIP-L; it was refused, as the
-    other modes still do, the error naming --emphasis comfy."""
+    other modes still do, the error naming --emphasis comfy (from Python: emphasis='comfy')."""
     sd1 = LearnedEmbedding("<sd1>", {"text_encoder": 3 * torch.randn(2, 32, generator=torch.Generator().manual_seed(0))})
     model, refiner = load_model(xl_dirs[0]), load_model(xl_dirs[1], refiner=True)
-    with pytest.raises(FormatError, match="no vectors for the SDXL refiner .* --emphasis comfy"):
+    with pytest.raises(FormatError, match="no vectors for the SDXL refiner .* emphasis='comfy'"):
         install_embedding(refiner, sd1)
     with pytest.warns(UserWarning, match=r"embedding '<sd1>' has width 32 .*and fits none of .* text encoders "
                                          r"\(width 64 .*: it is left out of the prompt"):
