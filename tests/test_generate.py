@@ -171,7 +171,7 @@ def test_two_embeddings_in_one_prompt_and_clash_refused(sd1_dir, tmp_path):
     with pytest.raises(TokenError, match="both define"):
         generate(GenerateConfig(prompt=["<a>"], embedding=[str(a), str(a)], out=str(tmp_path / "x"), n=1, steps=2,
                                 model=str(sd1_dir)), progress=False)
-    with pytest.raises(TokenError, match="--token"):
+    with pytest.raises(TokenError, match=r"with token=\)"):
         generate(GenerateConfig(prompt=["dog"], embedding=[str(a)], token=["dog"], out=str(tmp_path / "x"), n=1,
                                 steps=2, model=str(sd1_dir)), progress=False)
 
