@@ -843,10 +843,7 @@ def check_resumable(checkpoint: tuple[Path, dict], config: TrainConfig, found: l
                 continue
             if held_out is not None and held_then[k] is not None:  # (the split's pictures, then and now, too)
                 names, now = names + held_then[k], now + held_out[k].names
-            said = str
-            if config.subsets:  # ("2/a.png": the second subset's a.png, said where that folder is now)
-                folders = [subset["images"] for subset in config.subset_list()]
-                said = lambda n: _in_subset(n, folders)  # noqa: E731
+            said = _picture_namer(config)
             detail = name_changes(names, now, said) or f"other pictures held out by {setting('validation_split')}"
         raise _pictures_changed(config, pictures, detail)
     return ordered, moved
@@ -882,10 +879,7 @@ def check_same_contents(checkpoint: tuple[Path, dict], config: TrainConfig, foun
     put `found` in the checkpoint's order) but other bytes: `contents`, their `picture_contents` now, against the
     checkpoint's. A checkpoint an earlier textinv wrote records none: its run resumes as before, by names."""
     saved = checkpoint[1].get("contents") or [None] * len(found)
-    said = str
-    if config.subsets:  # ("2/a.png": the second subset's a.png, said where that folder is now)
-        folders = [subset["images"] for subset in config.subset_list()]
-        said = lambda n: _in_subset(n, folders)  # noqa: E731
+    said = _picture_namer(config)
     for pictures, then, now in zip(found, saved, contents):
         if then is None or then == now:
             continue
@@ -1029,6 +1023,15 @@ def _by_subset(names: list[str]) -> list[str]:
         seen.add(file)
         out.append(f"{number}/{file}")
     return out
+
+
+def _picture_namer(config: TrainConfig) -> Callable[[str], str]:
+    """How a refusal names a checkpoint's picture: as it is, or a subset's ("2/a.png": the second subset's a.png)
+    where that subset's folder is now (`_in_subset`)."""
+    if not config.subsets:
+        return str
+    folders = [subset["images"] for subset in config.subset_list()]
+    return lambda name: _in_subset(name, folders)
 
 
 def _in_subset(name: str, folders: list[str]) -> str:
